@@ -1,0 +1,151 @@
+"""Model lifetime: the manager is built in the app's lifespan, loads each model lazily on first use, shares
+one loaded instance between all requests and accounts, and closes them at shutdown. No module globals.
+
+Loading runs in a worker thread (it takes seconds) and is guarded per model so concurrent first requests
+wait for one load instead of starting several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.types import Diarizer, ModelMissingError, SttEngine, Translator, TtsEngine
+
+log = logging.getLogger("speech7.models")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    models_dir: Path
+    device: str  # resolved: cpu | cuda
+    compute_type: str = ""
+    cpu_threads: int = 0
+    max_batch_size: int = 0
+    batch_window_ms: float = 10.0
+    device_index: tuple[int, ...] = (0,)
+    diarizer: str = "builtin"  # builtin | pyannote:<name> | off
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # no CUDA runtime at all
+        return False
+
+
+class ModelManager:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._models: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # ------------------------------------------------------------------ generic lazy loading
+    def _get(self, key: str, factory: Callable[[], Any]) -> Any:
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            model = self._models.get(key)
+            if model is None:
+                log.info("loading %s on %s", key, self.config.device)
+                model = factory()
+                self._models[key] = model
+        return model
+
+    def loaded(self) -> dict[str, str]:
+        """key -> device, for /healthz."""
+        return {k: getattr(m, "device", self.config.device) for k, m in self._models.items()}
+
+    def instances(self) -> dict[str, Any]:
+        return dict(self._models)
+
+    # ------------------------------------------------------------------ capabilities
+    def stt(self, model: str) -> SttEngine:
+        def load() -> SttEngine:
+            from engines.whisper import WhisperEngine
+
+            d = self.config.models_dir / "whisper" / model
+            if not (d / "model.bin").is_file():
+                raise ModelMissingError(
+                    f"Whisper model {model!r} is not installed in {d.parent}: copy a faster-whisper CTranslate2 "
+                    "directory there with scripts/models import whisper PATH --name NAME"
+                )
+            return WhisperEngine(
+                d, model_name=model, device=self.config.device, compute_type=self.config.compute_type or None,
+                cpu_threads=self.config.cpu_threads, device_index=self.config.device_index,
+                max_batch_size=self.config.max_batch_size or None, batch_window_ms=self.config.batch_window_ms,
+            )
+
+        return self._get(f"whisper:{model}", load)
+
+    def tts(self, voice: str) -> TtsEngine:
+        def load() -> TtsEngine:
+            from engines.piper_tts import PiperEngine
+
+            onnx = self.config.models_dir / "piper" / f"{voice}.onnx"
+            cfg = onnx.with_name(onnx.name + ".json")
+            if not onnx.is_file() or not cfg.is_file():
+                raise ModelMissingError(
+                    f"Piper voice {voice!r} is not installed: put {voice}.onnx and {voice}.onnx.json in {onnx.parent}"
+                )
+            return PiperEngine(onnx, cfg, voice_name=voice, device=self.config.device)
+
+        return self._get(f"piper:{voice}", load)
+
+    def diarizer_spec(self) -> str:
+        return self.config.diarizer
+
+    def diarizer(self) -> Diarizer:
+        spec = self.config.diarizer
+
+        def load() -> Diarizer:
+            if spec.startswith("pyannote"):
+                from engines.diarization.pyannote_engine import PyannoteDiarizer
+
+                name = spec.split(":", 1)[1] if ":" in spec else ""
+                d = self.config.models_dir / "pyannote" / name
+                if not name or not (d / "config.yaml").is_file():
+                    raise ModelMissingError(f"pyannote pipeline {name!r} not found: expected {d}/config.yaml")
+                return PyannoteDiarizer(d, device=self.config.device)
+            from engines.diarization.builtin import BuiltinDiarizer
+
+            weights = self.config.models_dir / "ge2e" / "pretrained.pt"
+            if not weights.is_file():
+                raise ModelMissingError(f"GE2E speaker encoder missing at {weights}: run scripts/models install")
+            return BuiltinDiarizer(weights, device=self.config.device)
+
+        return self._get(f"diarizer:{spec}", load)
+
+    def translator(self) -> Translator:
+        def load() -> Translator:
+            from engines.translation import Ct2Translator
+
+            return Ct2Translator(self.config.models_dir / "translation", device=self.config.device)
+
+        return self._get("translation:ct2", load)
+
+    # ------------------------------------------------------------------ async helpers and shutdown
+    async def aget(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Loads (if needed) off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    def close(self) -> None:
+        for key, model in list(self._models.items()):
+            closer = getattr(model, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:  # shutdown must go on
+                    log.exception("closing %s failed", key)
+        self._models.clear()

@@ -1,0 +1,223 @@
+"""Capability protocols and the frozen request/result types shared by every engine.
+
+Engines never import Starlette: the server layer talks to them only through these types.
+All `Protocol` methods are blocking and thread-safe; the server calls them off the event loop.
+Audio crossing these boundaries is always mono float32 PCM at 16 kHz (`SAMPLE_RATE`) unless a
+field says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+ProgressFn = Callable[[float], None]  # fraction done, 0.0 .. 1.0
+
+
+class EngineError(Exception):
+    """An engine refused or failed a request for a reason the caller should see (bad audio, no model)."""
+
+
+class ModelMissingError(EngineError):
+    """A model named by a spec is not installed; the message says what to install."""
+
+
+# ---------------------------------------------------------------- speech-to-text
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str  # as the model spells it, usually with a leading space
+    start: float  # seconds
+    end: float
+    probability: float = 1.0
+    speaker: int | None = None  # 0-based diarization cluster, numbered by first appearance
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...] = ()
+    language: str | None = None
+    speaker: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SttRequest:
+    audio: np.ndarray  # float32 mono 16 kHz
+    language_hints: tuple[str, ...] = ()  # one hint forces it; several restrict detection to them
+    task: Literal["transcribe", "translate"] = "transcribe"
+    word_timestamps: bool = True
+    terms: tuple[str, ...] = ()  # dictionary terms that steer decoding (hotwords / prompt)
+    vad: bool = True
+
+
+@dataclass(frozen=True)
+class SttResult:
+    segments: tuple[Segment, ...]
+    language: str
+    language_probability: float
+    duration: float  # seconds of input audio
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    language_hints: tuple[str, ...] = ()
+    task: Literal["transcribe", "translate"] = "transcribe"
+    terms: tuple[str, ...] = ()
+    enable_language_identification: bool = False
+    enable_endpoint_detection: bool = False
+    endpoint_silence_s: float = 0.8
+
+
+@dataclass(frozen=True)
+class StreamToken:
+    text: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+    is_final: bool
+    language: str | None = None
+    speaker: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    tokens: tuple[StreamToken, ...]  # newly final tokens (each exactly once) followed by current non-final ones
+    final_audio_proc_ms: int
+    total_audio_proc_ms: int
+    endpoint: bool = False  # a pause finalized the utterance: the caller emits an "<end>" token
+
+
+class SttStream(Protocol):
+    """Per-connection state; the engine's weights are shared between streams."""
+
+    def accept(self, pcm: np.ndarray) -> StreamUpdate: ...
+
+    def finish(self) -> StreamUpdate: ...
+
+
+@runtime_checkable
+class SttEngine(Protocol):
+    engine: str  # "whisper"
+    model: str  # "base", "tiny.en", ...
+    device: str  # "cpu" | "cuda"
+
+    @property
+    def multilingual(self) -> bool: ...
+
+    def transcribe(self, request: SttRequest, progress: ProgressFn | None = None) -> SttResult: ...
+
+    def open_stream(self, options: StreamOptions) -> SttStream: ...
+
+
+# ---------------------------------------------------------------- text-to-speech
+
+
+@dataclass(frozen=True)
+class TtsRequest:
+    text: str
+    speed: float = 1.0  # 1.0 = the voice's natural rate; >1 faster
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk:
+    pcm: np.ndarray  # float32 mono at `sample_rate`
+    sample_rate: int
+    text: str = ""  # the sentence this chunk speaks
+
+
+@runtime_checkable
+class TtsEngine(Protocol):
+    engine: str  # "piper"
+    model: str  # voice name, e.g. "en_US-joe-medium"
+    device: str
+    sample_rate: int
+
+    def synthesize(self, request: TtsRequest) -> Iterator[AudioChunk]:
+        """Yields one chunk per sentence as soon as it is synthesized."""
+        ...
+
+
+# ---------------------------------------------------------------- diarization
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    start: float
+    end: float
+    speaker: int  # 0-based, numbered by first appearance
+
+
+@dataclass(frozen=True, eq=False)
+class DiarizationRequest:
+    audio: np.ndarray  # float32 mono 16 kHz
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+@dataclass(frozen=True)
+class DiarizationResult:
+    turns: tuple[SpeakerTurn, ...]
+    num_speakers: int
+
+
+@runtime_checkable
+class Diarizer(Protocol):
+    engine: str  # "builtin" | "pyannote"
+    model: str
+    device: str
+
+    def diarize(self, request: DiarizationRequest, progress: ProgressFn | None = None) -> DiarizationResult: ...
+
+
+# ---------------------------------------------------------------- translation
+
+
+@dataclass(frozen=True)
+class TranslationRequest:
+    texts: tuple[str, ...]
+    source: str  # ISO 639-1
+    target: str
+    terms: tuple[tuple[str, str], ...] = ()  # (source term, required target term)
+
+
+@dataclass(frozen=True)
+class TranslationResult:
+    texts: tuple[str, ...]
+
+
+@runtime_checkable
+class Translator(Protocol):
+    engine: str  # "ct2"
+    model: str
+
+    def pairs(self) -> Sequence[tuple[str, str]]:
+        """Every (source, target) direction this translator serves."""
+        ...
+
+    def translate(self, request: TranslationRequest) -> TranslationResult: ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A parsed provider-key value such as `whisper:base` or `piper:en_US-joe-medium`."""
+
+    engine: str
+    model: str = ""
+    options: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __str__(self) -> str:
+        return f"{self.engine}:{self.model}" if self.model else self.engine

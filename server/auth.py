@@ -1,0 +1,118 @@
+"""Who is calling: the API key from a JSON body (`apiKey`), the `x-api-key` header or `?apiKey=`, or for
+the admin area a signed session cookie (with a CSRF token for state-changing requests)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+
+from server.accounts import Account, AccountService, ensure_active
+from server.errors import ApiError, bad_request, forbidden, unauthorized
+from server.security import sign
+
+SESSION_COOKIE = "s7_admin"
+SESSION_TTL_S = 12 * 3600
+MAX_JSON_BYTES = 1 << 20
+
+
+def key_from_request(request: Request, body: Mapping[str, Any] | None = None) -> str | None:
+    header = request.headers.get("x-api-key")
+    if header:
+        return header.strip()
+    if body is not None:
+        v = body.get("apiKey")
+        if isinstance(v, str) and v:
+            return v.strip()
+    q = request.query_params.get("apiKey")
+    return q.strip() if q else None
+
+
+async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """Reads a JSON object body, refusing oversize bodies while streaming (413) and bad JSON (400)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"Request body too large (limit {limit} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"Request body too large (limit {limit} bytes)")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise bad_request("Request body must be a JSON object")
+    return data
+
+
+async def require_account(request: Request, body: Mapping[str, Any] | None = None) -> Account:
+    key = key_from_request(request, body)
+    if not key:
+        raise unauthorized("Missing API key: send apiKey in the JSON body, an x-api-key header or ?apiKey=")
+    service: AccountService = request.app.state.accounts
+    account = await service.authenticate(key)
+    if account is None:
+        raise unauthorized("Invalid API key")
+    ensure_active(account)
+    return account
+
+
+class AdminSessions:
+    """Stateless signed cookies: `<account_id>.<expiry>.<nonce>.<mac>`; the CSRF token is derived from it."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = (secret or secrets.token_hex(32)).encode()
+
+    def issue(self, account_id: str) -> str:
+        payload = f"{account_id}.{int(time.time()) + SESSION_TTL_S}.{secrets.token_hex(8)}"
+        return f"{payload}.{sign(self._secret, payload)}"
+
+    def account_id(self, token: str | None) -> str | None:
+        if not token or token.count(".") != 3:
+            return None
+        payload, mac = token.rsplit(".", 1)
+        if not secrets.compare_digest(sign(self._secret, payload), mac):
+            return None
+        account_id, expiry, _nonce = payload.split(".")
+        if not expiry.isdigit() or int(expiry) < time.time():
+            return None
+        return account_id
+
+    def csrf_token(self, token: str) -> str:
+        return sign(self._secret, "csrf:" + token)
+
+
+async def require_admin(request: Request, body: Mapping[str, Any] | None = None) -> Account:
+    """Admin by API key (isAdmin accounts) or by the web UI's session cookie + CSRF header."""
+    if key_from_request(request, body):
+        account = await require_account(request, body)
+    else:
+        sessions: AdminSessions = request.app.state.admin_sessions
+        token = request.cookies.get(SESSION_COOKIE)
+        account_id = sessions.account_id(token)
+        if account_id is None or token is None:
+            raise unauthorized("Missing API key or admin session")
+        if request.method not in {"GET", "HEAD", "OPTIONS"}:
+            sent = request.headers.get("x-csrf-token", "")
+            if not secrets.compare_digest(sent, sessions.csrf_token(token)):
+                raise forbidden("Missing or invalid CSRF token")
+        service: AccountService = request.app.state.accounts
+        try:
+            account = await service.get(account_id)
+        except ApiError:
+            raise unauthorized("Admin session is no longer valid") from None
+        ensure_active(account)
+    if not account.is_admin:
+        raise forbidden("This endpoint needs an admin API key")
+    return account

@@ -1,0 +1,94 @@
+"""What an account can do on this server: engine selection from its provider keys, and what is installed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from engines.manager import ModelManager
+from models.catalog import Catalog
+from server.accounts import Account
+from server.engine_specs import STT_ENGINES, TTS_ENGINES, Selection, SpecError, resolve
+from server.errors import ApiError
+from server.settings import Settings
+
+log = logging.getLogger("speech7.capabilities")
+
+
+class Capabilities:
+    def __init__(self, settings: Settings, catalog: Catalog, models: ModelManager, device: str) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.models = models
+        self.device = device
+
+    def stt_selection(self, account: Account) -> Selection:
+        return resolve(account.stt_engine, self.settings.default_stt, STT_ENGINES, self.catalog.whisper_models(), "STT")
+
+    def tts_selection(self, account: Account, voice: str | None = None) -> Selection:
+        spec = f"piper:{voice}" if voice else account.tts_engine
+        return resolve(spec, self.settings.default_tts, TTS_ENGINES, self.catalog.piper_voices(), "TTS")
+
+    def require_stt(self, account: Account) -> Selection:
+        try:
+            sel = self.stt_selection(account)
+        except SpecError as exc:
+            raise ApiError(503, "engine_unavailable", str(exc)) from None
+        if not sel.configured:
+            raise ApiError(403, "stt_not_configured", "Speech-to-text is not configured for this account (sttApiKey is 'off')")
+        return sel
+
+    def require_tts(self, account: Account, voice: str | None = None) -> Selection:
+        if voice is not None and account.tts_engine is not None and account.tts_engine.strip().lower() == "off":
+            raise ApiError(403, "tts_not_configured", "Text-to-speech is not configured for this account (ttsApiKey is 'off')")
+        try:
+            sel = self.tts_selection(account, voice)
+        except SpecError as exc:
+            raise ApiError(400 if voice else 503, "unknown_voice" if voice else "engine_unavailable", str(exc)) from None
+        if not sel.configured:
+            raise ApiError(403, "tts_not_configured", "Text-to-speech is not configured for this account (ttsApiKey is 'off')")
+        return sel
+
+    def translation_pairs(self) -> list[list[str]]:
+        try:
+            return [list(p) for p in self.models.translator().pairs()]
+        except Exception as exc:  # a broken translation dir must not break capabilities
+            log.warning("translation models unavailable: %s", exc)
+            return []
+
+    def for_account(self, account: Account) -> dict[str, Any]:
+        def describe(fn: Any) -> dict[str, Any]:
+            try:
+                sel = fn(account)
+            except SpecError as exc:
+                return {"configured": False, "engine": None, "model": None, "device": self.device, "error": str(exc)}
+            return {
+                "configured": sel.configured,
+                "engine": sel.engine or None,
+                "model": sel.model or None,
+                "device": self.device,
+            }
+
+        diar = self.settings.default_diarizer
+        diar_engine, _, diar_model = diar.partition(":")
+        diar_ok = diar != "off" and (
+            self.catalog.ge2e_weights().is_file() if diar_engine == "builtin" else diar_model in self.catalog.pyannote_pipelines()
+        )
+        return {
+            "stt": {**describe(self.stt_selection), "models": self.catalog.whisper_models()},
+            "tts": {**describe(self.tts_selection), "voices": self.catalog.piper_voices()},
+            "diarization": {
+                "configured": diar_ok,
+                "engine": diar_engine if diar != "off" else None,
+                "model": (diar_model or "ge2e") if diar != "off" else None,
+                "device": self.device,
+            },
+            "translation": {
+                "configured": True,
+                "engine": "ct2",
+                "toEnglish": "whisper",  # any language -> English through Whisper's translate task
+                "pairs": self.translation_pairs(),
+            },
+            "minutesRemaining": account.minutes,
+            "isAdmin": account.is_admin,
+        }

@@ -1,0 +1,133 @@
+"""Database schema and engine. SQLAlchemy Core over an async driver, so the same code runs on the
+embedded SQLite default (aiosqlite) and on PostgreSQL (`postgresql+asyncpg://...`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_prefix", String(16), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("minutes", Float, nullable=False, default=0.0),
+    Column("starting_minutes", Float, nullable=False, default=0.0),
+    Column("stt_engine", String(200)),  # the spec's sttApiKey: an engine spec, "off", or NULL (default)
+    Column("tts_engine", String(200)),  # the spec's ttsApiKey
+    Column("company_id", String(200)),
+    Column("company_name", String(300)),
+    Column("contact_name", String(300)),
+    Column("contact_phone", String(100)),
+    Column("company_address", String(500)),
+    Column("company_vat_id", String(100)),
+    Column("company_registration_number", String(100)),
+    Column("date_added_company", String(20)),
+    Column("time_added_company", String(20)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Every change of a balance is a row here: reservations become settled or refunded.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(20), nullable=False),  # stt | tts | subtitle | subtitle_job | realtime | credit
+    Column("status", String(12), nullable=False),  # reserved | settled | refunded | credit
+    Column("minutes", Float, nullable=False),  # reserved amount while reserved, then the final charge
+    Column("audio_seconds", Float, nullable=False, default=0.0),
+    Column("reference", String(80)),
+    Column("note", Text),
+    Column("created_at", Float, nullable=False),
+    Column("settled_at", Float),
+)
+Index("ix_usage_account", usage.c.account_id, usage.c.created_at)
+
+speeches = Table(
+    "speeches",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("characters", Integer, nullable=False),
+    Column("words", Integer, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("minutes_used", Float, nullable=False),
+    Column("engine", String(200), nullable=False),
+    Column("file_name", String(80), nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_speeches_account", speeches.c.account_id, speeches.c.created_at)
+
+subtitle_jobs = Table(
+    "subtitle_jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("status", String(12), nullable=False),  # queued | processing | completed | failed
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("error", Text),
+    Column("options", Text, nullable=False),  # JSON
+    Column("upload_name", String(300)),
+    Column("upload_file", String(80), nullable=False),
+    Column("result_file", String(80)),
+    Column("minutes_used", Float),
+    Column("duration_ms", Integer),
+    Column("usage_id", Integer),
+    Column("worker_id", String(80)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("heartbeat_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("completed_at", Float),
+    Column("expires_at", Float, nullable=False),
+)
+Index("ix_jobs_status", subtitle_jobs.c.status, subtitle_jobs.c.created_at)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            # WAL lets readers proceed during a write; the busy timeout serialises writers instead of failing.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)

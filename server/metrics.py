@@ -1,0 +1,123 @@
+"""Prometheus text-format metrics: request counts and latency per route, audio seconds processed, and the
+engines' own gauges (batch queue depth, batch sizes), rendered on GET /metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
+        self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
+        self.latency_buckets: dict[tuple[str, str, float], int] = defaultdict(int)
+        self.audio_seconds: dict[str, float] = defaultdict(float)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(method, route, status)] += 1
+            self.latency_sum[(method, route)] += seconds
+            self.latency_count[(method, route)] += 1
+            for b in LATENCY_BUCKETS:
+                if seconds <= b:
+                    self.latency_buckets[(method, route, b)] += 1
+
+    def add_audio(self, kind: str, seconds: float) -> None:
+        with self._lock:
+            self.audio_seconds[kind] += seconds
+
+    def render(self, engines: dict[str, Any], jobs: dict[str, int] | None = None) -> str:
+        lines: list[str] = []
+        with self._lock:
+            lines += ["# HELP s7_requests_total HTTP requests by route and status", "# TYPE s7_requests_total counter"]
+            for (m, r, s), n in sorted(self.requests.items()):
+                lines.append(f's7_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
+            lines += ["# HELP s7_request_seconds Request latency", "# TYPE s7_request_seconds histogram"]
+            for (m, r), count in sorted(self.latency_count.items()):
+                for b in LATENCY_BUCKETS:
+                    n = self.latency_buckets.get((m, r, b), 0)
+                    lines.append(f's7_request_seconds_bucket{{method="{m}",route="{r}",le="{b}"}} {n}')
+                lines.append(f's7_request_seconds_bucket{{method="{m}",route="{r}",le="+Inf"}} {count}')
+                lines.append(f's7_request_seconds_sum{{method="{m}",route="{r}"}} {self.latency_sum[(m, r)]:.6f}')
+                lines.append(f's7_request_seconds_count{{method="{m}",route="{r}"}} {count}')
+            lines += ["# HELP s7_audio_seconds_total Audio processed, by kind", "# TYPE s7_audio_seconds_total counter"]
+            for kind, secs in sorted(self.audio_seconds.items()):
+                lines.append(f's7_audio_seconds_total{{kind="{kind}"}} {secs:.3f}')
+        lines += list(_engine_lines(engines))
+        if jobs is not None:
+            lines += ["# HELP s7_subtitle_jobs Subtitle jobs by status", "# TYPE s7_subtitle_jobs gauge"]
+            for status, n in sorted(jobs.items()):
+                lines.append(f's7_subtitle_jobs{{status="{status}"}} {n}')
+        lines += list(_gpu_lines())
+        return "\n".join(lines) + "\n"
+
+
+def _engine_lines(engines: dict[str, Any]) -> Iterable[str]:
+    yield "# HELP s7_model_loaded Loaded models"
+    yield "# TYPE s7_model_loaded gauge"
+    for key, eng in sorted(engines.items()):
+        yield f's7_model_loaded{{model="{key}",device="{getattr(eng, "device", "")}"}} 1'
+    for key, eng in sorted(engines.items()):
+        stats_fn = getattr(eng, "batch_stats", None)
+        if not callable(stats_fn):
+            continue
+        stats = stats_fn()
+        for name, value in sorted(stats.items()):
+            if isinstance(value, dict):  # e.g. batch size histogram
+                for label, n in sorted(value.items()):
+                    yield f's7_batch_{name}{{model="{key}",size="{label}"}} {n}'
+            elif isinstance(value, (int, float)):
+                yield f's7_batch_{name}{{model="{key}"}} {value}'
+
+
+def _gpu_lines() -> Iterable[str]:
+    import sys
+
+    torch = sys.modules.get("torch")  # only report when something already imported torch
+    if torch is None:
+        return
+    try:
+        if not torch.cuda.is_available():
+            return
+        yield "# TYPE s7_gpu_memory_allocated_bytes gauge"
+        for i in range(torch.cuda.device_count()):
+            yield f's7_gpu_memory_allocated_bytes{{device="{i}"}} {torch.cuda.memory_allocated(i)}'
+    except Exception:
+        return
+
+
+class MetricsMiddleware:
+    """Pure ASGI so streaming responses are timed to their last byte and WebSockets pass through."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], path, status["code"], time.perf_counter() - start)

@@ -1,0 +1,14 @@
+"""All routes. Each feature module parses and validates, calls a service on `app.state`, maps the result."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+
+def build_routes() -> list[BaseRoute]:
+    from server.routes import accounts, admin_session, capabilities
+
+    out: list[BaseRoute] = []
+    for module in (accounts, admin_session, capabilities):
+        out += module.routes
+    return out

@@ -1,0 +1,27 @@
+"""Builds the feature services onto `app.state` and owns their background tasks (job workers, purges)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.capabilities import Capabilities
+
+
+class Services:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self._started: list[Any] = []
+
+    async def start(self) -> None:
+        for svc in self._started:
+            await svc.start()
+
+    async def stop(self) -> None:
+        for svc in reversed(self._started):
+            await svc.stop()
+
+
+def build_services(state: Any) -> Services:
+    services = Services(state)
+    state.capabilities = Capabilities(state.settings, state.catalog, state.models, state.device)
+    return services

