@@ -12,6 +12,10 @@ class Services:
         self.state = state
         self._started: list[Any] = []
 
+    def add(self, svc: Any) -> None:
+        """Registers a service with async start()/stop() (background workers)."""
+        self._started.append(svc)
+
     async def start(self) -> None:
         for svc in self._started:
             await svc.start()
@@ -24,4 +28,10 @@ class Services:
 def build_services(state: Any) -> Services:
     services = Services(state)
     state.capabilities = Capabilities(state.settings, state.catalog, state.models, state.device)
+    from server.transcription import TranscriptionService
+
+    state.transcription = TranscriptionService(state)
+    from server.tts_service import TtsService
+
+    state.tts = TtsService(state)
     return services

@@ -1,0 +1,40 @@
+"""GET /speeches and GET /speeches/:speechId (details, or the MP3 with ?download=1)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from server.auth import require_account
+from server.errors import bad_request, not_found
+from server.stt_options import parse_bool
+from server.tts_service import TtsService, get_speech, list_speeches, speech_json
+
+
+async def speeches_index(request: Request) -> JSONResponse:
+    account = await require_account(request)
+    raw = request.query_params.get("limit", "50")
+    try:
+        limit = max(1, min(500, int(raw)))
+    except ValueError:
+        raise bad_request("limit must be an integer") from None
+    return JSONResponse({"speeches": await list_speeches(request.app.state.db, account.id, limit)})
+
+
+async def speech_detail(request: Request) -> Response:
+    account = await require_account(request)
+    row = await get_speech(request.app.state.db, account.id, request.path_params["speech_id"])
+    if parse_bool(request.query_params.get("download"), "download"):
+        service: TtsService = request.app.state.tts
+        path = service.file_path(row["id"])
+        if not path.is_file():
+            raise not_found("The audio file of this speech is gone")
+        return FileResponse(path, media_type="audio/mpeg", filename=f"speech-{row['id']}.mp3")
+    return JSONResponse(speech_json(row, full_text=True))
+
+
+routes = [
+    Route("/speeches", speeches_index, methods=["GET"]),
+    Route("/speeches/{speech_id}", speech_detail, methods=["GET"]),
+]

@@ -1,0 +1,54 @@
+"""POST /tts: stream MP3 as it is synthesized, or JSON metadata with `"json": true`."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from server.auth import read_json, require_account
+from server.errors import bad_request
+from server.tts_service import TtsService, speech_json, validate_text
+
+
+def _speed(value: object) -> float:
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad_request("speed must be a number between 0.5 and 2.0")
+    try:
+        s = float(value)
+    except ValueError:
+        raise bad_request("speed must be a number between 0.5 and 2.0") from None
+    if not 0.5 <= s <= 2.0:
+        raise bad_request("speed must be a number between 0.5 and 2.0")
+    return s
+
+
+async def tts(request: Request) -> Response:
+    body = await read_json(request)
+    account = await require_account(request, body)
+    settings = request.app.state.settings
+    text = validate_text(body.get("text"), settings.tts_max_words)
+    voice = body.get("voice")
+    if voice is not None and (not isinstance(voice, str) or not voice.strip()):
+        raise bad_request("voice must be a voice name such as en_US-joe-medium")
+    voice = voice.split(":", 1)[-1].strip() if isinstance(voice, str) else None
+    speed = _speed(body.get("speed"))
+    service: TtsService = request.app.state.tts
+    job = await service.prepare(account, text, voice, speed)
+    if body.get("json") is True or str(body.get("json")).lower() == "true":
+        record = await job.run_to_end()
+        return JSONResponse(speech_json(record.row, full_text=True), headers={"X-Speech-Id": record.id})
+    return StreamingResponse(
+        job.stream(),
+        media_type="audio/mpeg",
+        headers={
+            "X-Speech-Id": job.id,
+            "Content-Disposition": f'inline; filename="{job.id}.mp3"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+routes = [Route("/tts", tts, methods=["POST"])]

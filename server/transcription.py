@@ -1,0 +1,182 @@
+"""The transcription service behind /stt, /subtitle and subtitle jobs: decode, reserve minutes, run the
+account's STT engine (and the diarizer), post-process with the dictionaries, settle or refund.
+
+Blocking work (decoding, inference) runs in threads; the engines batch across requests on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.assign import Entry, assign_speakers, build_entries, merge_turns
+from engines.types import SAMPLE_RATE, DiarizationRequest, EngineError, ModelMissingError, SttRequest, SttResult, Word
+from server.accounts import Account
+from server.errors import ApiError, unprocessable
+from server.minutes import MinutesPool, quantize_minutes
+from server.stt_options import SttOptions, speaker_label
+
+log = logging.getLogger("speech7.stt")
+
+Progress = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    result: SttResult
+    entries: tuple[Entry, ...]
+    duration_s: float
+    minutes_used: float
+    speakers: tuple[int, ...]  # speaker indices in order of first appearance
+
+
+def decode_media(path: Path) -> np.ndarray:
+    from engines.audio import EmptyMediaError, UndecodableMediaError, decode_file
+
+    try:
+        return decode_file(path)
+    except EmptyMediaError as exc:
+        raise unprocessable(str(exc), code="empty_media") from None
+    except UndecodableMediaError as exc:
+        raise unprocessable(str(exc), code="undecodable_media") from None
+
+
+class TranscriptionService:
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    @property
+    def minutes(self) -> MinutesPool:
+        return self._state.minutes
+
+    async def transcribe_file(
+        self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
+        progress: Progress | None = None, reservation_id: int | None = None,
+    ) -> Transcript:
+        selection = self._state.capabilities.require_stt(account)
+        audio = await asyncio.to_thread(decode_media, path)
+        duration = len(audio) / SAMPLE_RATE
+        if reservation_id is None:
+            reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind=kind, reference=reference)
+        else:  # subtitle jobs reserve at upload time and settle here
+            from server.minutes import Reservation
+
+            reservation = Reservation(reservation_id, account.id, quantize_minutes(duration))
+        try:
+            transcript = await asyncio.to_thread(self._run, selection.model, audio, options, progress)
+        except BaseException as exc:
+            await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
+            if isinstance(exc, ModelMissingError):
+                raise ApiError(503, "model_missing", str(exc)) from None
+            if isinstance(exc, EngineError):
+                raise unprocessable(str(exc), code="engine_error") from None
+            raise
+        charged = await self.minutes.settle(reservation, quantize_minutes(duration), audio_seconds=duration, reference=reference)
+        self._state.metrics.add_audio(kind, duration)
+        return replace(transcript, minutes_used=charged)
+
+    def _run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
+        from engines.terms import correct_words
+
+        engine = self._state.models.stt(model)
+        stt_share = 0.75 if options.diarize else 1.0
+
+        def stt_progress(f: float) -> None:
+            if progress:
+                progress(f * stt_share)
+
+        hints = options.language_hints
+        if not engine.multilingual:
+            hints = ()  # an English-only model ignores hints rather than failing on them
+        request = SttRequest(
+            audio=audio, language_hints=hints, task=options.task,  # type: ignore[arg-type]
+            word_timestamps=True, terms=options.terms,
+        )
+        result = engine.transcribe(request, stt_progress)
+        words_by_segment: list[list[Word]] = [list(s.words) for s in result.segments]
+        if options.terms and options.task == "transcribe":
+            words_by_segment = [_corrected(ws, options.terms, correct_words) for ws in words_by_segment]
+        speakers: tuple[int, ...] = ()
+        if options.diarize:
+            diarizer = self._state.models.diarizer()
+            dres = diarizer.diarize(
+                DiarizationRequest(audio, options.num_speakers, options.min_speakers, options.max_speakers),
+                (lambda f: progress(stt_share + f * (1 - stt_share))) if progress else None,
+            )
+            flat = [w for ws in words_by_segment for w in ws]
+            assigned = assign_speakers(flat, dres.turns)
+            it = iter(assigned)
+            words_by_segment = [[next(it) for _ in ws] for ws in words_by_segment]
+            seen: list[int] = []
+            for w in assigned:
+                if w.speaker is not None and w.speaker not in seen:
+                    seen.append(w.speaker)
+            speakers = tuple(seen)
+        entries = build_entries(result.segments, words_by_segment)
+        if options.translation_terms and options.task == "translate":
+            from engines.terms import enforce_translation_terms
+
+            entries = [replace(e, text=enforce_translation_terms(e.text, e.text, options.translation_terms)) for e in entries]
+        if progress:
+            progress(1.0)
+        return Transcript(result, tuple(entries), len(audio) / SAMPLE_RATE, 0.0, speakers)
+
+
+def _corrected(words: list[Word], terms: tuple[str, ...], correct_words: Callable[..., list[str]]) -> list[Word]:
+    if not words:
+        return words
+    texts = correct_words([w.text for w in words], terms)
+    return [replace(w, text=t) for w, t in zip(words, texts, strict=True) if t != ""] if len(texts) == len(words) else words
+
+
+# ---------------------------------------------------------------------- response shapes
+
+
+def entry_json(e: Entry, options: SttOptions) -> dict[str, Any]:
+    label = speaker_label(options.speaker_labels, e.speaker)
+    out: dict[str, Any] = {
+        "speaker": label,
+        "text": e.text,
+        "transcript": f"{label}: {e.text}" if label else e.text,
+        "startMs": int(round(e.start * 1000)),
+        "endMs": int(round(e.end * 1000)),
+        "durationMs": int(round((e.end - e.start) * 1000)),
+        "language": e.language,
+    }
+    if options.word_timestamps:
+        out["words"] = [
+            {
+                "text": w.text.strip(), "startMs": int(round(w.start * 1000)), "endMs": int(round(w.end * 1000)),
+                "confidence": round(float(w.probability), 4), "speaker": speaker_label(options.speaker_labels, w.speaker),
+            }
+            for w in e.words
+        ]
+    return out
+
+
+def stt_json(t: Transcript, options: SttOptions) -> dict[str, Any]:
+    if options.diarize:
+        text = "\n".join(f"{speaker_label(options.speaker_labels, spk)}: {txt}" for spk, txt in merge_turns(t.entries))
+    else:
+        text = " ".join(e.text for e in t.entries)
+    speakers = []
+    for spk in t.speakers:
+        talk = sum(e.end - e.start for e in t.entries if e.speaker == spk)
+        speakers.append({"id": spk + 1, "label": speaker_label(options.speaker_labels, spk), "durationMs": int(talk * 1000)})
+    return {
+        "text": text,
+        "speakers": speakers,
+        "transcript": [entry_json(e, options) for e in t.entries],
+        "language": t.result.language,
+        "languageProbability": round(float(t.result.language_probability), 4),
+        "durationMs": int(round(t.duration_s * 1000)),
+        "minutesUsed": t.minutes_used,
+        "task": options.task,
+        "context": dict(options.context),
+    }

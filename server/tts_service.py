@@ -1,0 +1,237 @@
+"""Text-to-speech: synthesis sentence by sentence, MP3 encoded as it goes, the same bytes streamed to the
+client and written to the speech's file; minutes reserved before and settled after.
+
+Consistency rule (issue 5): a speech exists and is charged only if synthesis completed AND every byte was
+handed to the client. If synthesis fails or the client disconnects before the end, the partial file is
+deleted, no row is written and the reservation is refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from engines.types import ModelMissingError, TtsRequest
+from server.accounts import Account
+from server.db import speeches
+from server.errors import ApiError, bad_request, not_found
+from server.minutes import MinutesPool, quantize_minutes
+from server.security import new_id
+
+log = logging.getLogger("speech7.tts")
+SPEECH_ID_RE = re.compile(r"^sp_[0-9a-f]{20}$")
+_END = object()
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def validate_text(text: Any, max_words: int) -> str:
+    if not isinstance(text, str):
+        raise bad_request("text is required and must be a string", code="invalid_text")
+    if not text.strip():
+        raise bad_request("text is empty", code="invalid_text")
+    words = count_words(text)
+    if words > max_words:
+        raise bad_request(f"text has {words} words; the limit is {max_words} words", code="text_too_long")
+    return text.strip()
+
+
+def estimate_seconds(text: str, speed: float) -> float:
+    """An upper bound on the audio length, used for the reservation (settled to the real length later)."""
+    return (len(text) / 10.0 + 2.0) / speed
+
+
+@dataclass(frozen=True)
+class SpeechRecord:
+    id: str
+    row: dict[str, Any]
+
+
+class TtsService:
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._dir = Path(state.settings.data_dir) / "speeches"
+        self._cleanup_tasks: set[asyncio.Task] = set()
+
+    @property
+    def minutes(self) -> MinutesPool:
+        return self._state.minutes
+
+    def file_path(self, speech_id: str) -> Path:
+        if not SPEECH_ID_RE.match(speech_id):  # ids are ours: nothing user-typed reaches the filesystem
+            raise not_found("No such speech")
+        return self._dir / f"{speech_id}.mp3"
+
+    async def prepare(self, account: Account, text: str, voice: str | None, speed: float) -> Any:
+        """Checks engine, loads the voice, reserves minutes: every refusal happens before a byte is sent."""
+        selection = self._state.capabilities.require_tts(account, voice)
+        try:
+            engine = await asyncio.to_thread(self._state.models.tts, selection.model)
+        except ModelMissingError as exc:
+            raise ApiError(503, "model_missing", str(exc)) from None
+        speech_id = new_id("sp")
+        reservation = await self.minutes.reserve(
+            account.id, quantize_minutes(estimate_seconds(text, speed)), kind="tts", reference=speech_id
+        )
+        return _Job(self, account, engine, selection.spec, text, speed, speech_id, reservation)
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._cleanup_tasks.add(task)
+        task.add_done_callback(self._cleanup_tasks.discard)
+
+
+class _Job:
+    def __init__(self, svc: TtsService, account: Account, engine: Any, spec: str, text: str, speed: float,
+                 speech_id: str, reservation: Any) -> None:
+        self.svc, self.account, self.engine, self.spec = svc, account, engine, spec
+        self.text, self.speed, self.id, self.reservation = text, speed, speech_id, reservation
+        self.record: SpeechRecord | None = None
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Yields MP3 bytes per sentence; on normal completion stores the speech and settles."""
+        from engines.mp3 import Mp3StreamEncoder
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+        cancel = threading.Event()
+        sample_rate = self.engine.sample_rate
+        samples = 0
+
+        def produce() -> None:
+            # Runs in a thread: synthesis and encoding, one sentence at a time, handed to the event loop.
+            nonlocal samples
+            try:
+                enc = Mp3StreamEncoder(sample_rate)
+                for chunk in self.engine.synthesize(TtsRequest(self.text, self.speed)):
+                    if cancel.is_set():
+                        return
+                    samples += len(chunk.pcm)
+                    data = enc.encode(chunk.pcm)
+                    if data:
+                        asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+                tail = enc.flush()
+                if tail:
+                    asyncio.run_coroutine_threadsafe(queue.put(tail), loop).result()
+                asyncio.run_coroutine_threadsafe(queue.put(_END), loop).result()
+            except BaseException as exc:  # delivered to the consumer, which refunds
+                if not cancel.is_set():
+                    asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
+
+        path = self.svc.file_path(self.id)
+        tmp = path.with_name(path.name + ".part")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        completed = False
+        producer = loop.run_in_executor(None, produce)
+        size = 0
+        try:
+            with open(tmp, "wb") as fh:
+                while True:
+                    item = await queue.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
+                    fh.write(item)
+                    size += len(item)
+                    yield item
+            if samples == 0:
+                raise bad_request("text contains nothing speakable", code="invalid_text")
+            duration = samples / sample_rate
+            await self._store(tmp, path, duration, size)
+            completed = True
+        finally:
+            if not completed:
+                cancel.set()
+                # Drain so a producer blocked on a full queue can see the cancel flag and exit.
+                while not queue.empty():
+                    queue.get_nowait()
+                self.svc._track(self._abort(tmp, producer, queue))
+
+    async def _abort(self, tmp: Path, producer: Any, queue: asyncio.Queue) -> None:
+        async def drain() -> None:
+            while True:
+                await queue.get()
+
+        drainer = asyncio.ensure_future(drain())
+        try:
+            await asyncio.wait_for(asyncio.shield(producer), timeout=120)
+        except BaseException:
+            pass
+        drainer.cancel()
+        tmp.unlink(missing_ok=True)
+        await self.svc.minutes.refund(self.reservation, note="synthesis failed or client disconnected")
+
+    async def _store(self, tmp: Path, path: Path, duration: float, size: int) -> None:
+        charged = await self.svc.minutes.settle(
+            self.reservation, quantize_minutes(duration), audio_seconds=duration, reference=self.id
+        )
+        tmp.replace(path)
+        row = {
+            "id": self.id, "account_id": self.account.id, "text": self.text, "characters": len(self.text),
+            "words": count_words(self.text), "duration_ms": int(round(duration * 1000)), "minutes_used": charged,
+            "engine": self.spec, "file_name": path.name, "size_bytes": size, "created_at": time.time(),
+        }
+        async with self.svc._state.db.begin() as conn:
+            await conn.execute(speeches.insert().values(**row))
+        self.svc._state.metrics.add_audio("tts", duration)
+        self.record = SpeechRecord(self.id, row)
+
+    async def run_to_end(self) -> SpeechRecord:
+        async for _ in self.stream():
+            pass
+        assert self.record is not None
+        return self.record
+
+
+def speech_json(row: Any, *, full_text: bool = False) -> dict[str, Any]:
+    text = row["text"] if full_text or len(row["text"]) <= 200 else row["text"][:200] + "…"
+    return {
+        "id": row["id"],
+        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created_at"])),
+        "timestamp": int(row["created_at"] * 1000),
+        "text": text,
+        "characters": row["characters"],
+        "words": row["words"],
+        "durationMs": row["duration_ms"],
+        "minutesUsed": row["minutes_used"],
+        "engine": row["engine"],
+        "sizeBytes": row["size_bytes"],
+        "audioPath": f"/speeches/{row['id']}?download=1",
+    }
+
+
+async def list_speeches(db: Any, account_id: str, limit: int) -> list[dict[str, Any]]:
+    async with db.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(speeches).where(speeches.c.account_id == account_id)
+                .order_by(speeches.c.created_at.desc()).limit(limit)
+            )
+        ).mappings().all()
+    return [speech_json(r) for r in rows]
+
+
+async def get_speech(db: Any, account_id: str, speech_id: str) -> Any:
+    if not SPEECH_ID_RE.match(speech_id):
+        raise not_found("No such speech")
+    async with db.connect() as conn:
+        row = (
+            await conn.execute(
+                select(speeches).where(speeches.c.id == speech_id, speeches.c.account_id == account_id)
+            )
+        ).mappings().first()
+    if row is None:
+        raise not_found("No such speech")
+    return row
