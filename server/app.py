@@ -47,6 +47,15 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Inference calls block a thread each while the engines batch them: the default pool (cores + 4)
+        # would cap concurrent requests and realtime sessions far below what one batched model serves.
+        from concurrent.futures import ThreadPoolExecutor
+
+        import asyncio
+
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=max(32, settings.realtime_max_sessions + 16), thread_name_prefix="s7")
+        )
         data_dir = Path(settings.data_dir)
         for sub in ("tmp", "speeches", "jobs"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,18 @@ class MinutesPool:
         """
         now = time.time()
         async with self._db.begin() as conn:
+            # Claim the ledger row first: a reservation settles (or refunds) once, whoever tries twice.
+            values: dict = {"status": "settled", "minutes": minutes, "audio_seconds": audio_seconds, "settled_at": now}
+            if reference is not None:
+                values["reference"] = reference
+            res = await conn.execute(
+                update(usage).where(and_(usage.c.id == reservation.usage_id, usage.c.status == "reserved")).values(**values)
+            )
+            if res.rowcount != 1:  # already settled (return its charge) or refunded (nothing charged)
+                row = (
+                    await conn.execute(select(usage.c.minutes, usage.c.status).where(usage.c.id == reservation.usage_id))
+                ).first()
+                return float(row[0]) if row is not None and row[1] == "settled" else 0.0
             charge = minutes
             if minutes > reservation.minutes:
                 extra = minutes - reservation.minutes
@@ -101,18 +113,13 @@ class MinutesPool:
                 )
                 if res.rowcount != 1:
                     charge = reservation.minutes
+                    await conn.execute(update(usage).where(usage.c.id == reservation.usage_id).values(minutes=charge))
             elif minutes < reservation.minutes:
                 await conn.execute(
                     update(accounts)
                     .where(accounts.c.id == reservation.account_id)
                     .values(minutes=accounts.c.minutes + (reservation.minutes - minutes), updated_at=now)
                 )
-            values: dict = {"status": "settled", "minutes": charge, "audio_seconds": audio_seconds, "settled_at": now}
-            if reference is not None:
-                values["reference"] = reference
-            await conn.execute(
-                update(usage).where(and_(usage.c.id == reservation.usage_id, usage.c.status == "reserved")).values(**values)
-            )
         return charge
 
     async def refund(self, reservation: Reservation, note: str | None = None) -> None:
@@ -131,11 +138,15 @@ class MinutesPool:
                     .values(minutes=accounts.c.minutes + reservation.minutes, updated_at=now)
                 )
 
-    async def refund_by_id(self, usage_id: int, note: str | None = None) -> None:
+    async def get(self, usage_id: int) -> Reservation | None:
         async with self._db.connect() as conn:
             row = (await conn.execute(select(usage).where(usage.c.id == usage_id))).mappings().first()
-        if row is not None:
-            await self.refund(Reservation(int(row["id"]), row["account_id"], float(row["minutes"])), note)
+        return None if row is None else Reservation(int(row["id"]), row["account_id"], float(row["minutes"]))
+
+    async def refund_by_id(self, usage_id: int, note: str | None = None) -> None:
+        reservation = await self.get(usage_id)
+        if reservation is not None:
+            await self.refund(reservation, note)
 
     async def credit(self, account_id: str, minutes: float, note: str | None = None) -> float:
         """Admin top-up (or deduction with a negative amount, never below zero). Returns the new balance."""

@@ -34,4 +34,8 @@ def build_services(state: Any) -> Services:
     from server.tts_service import TtsService
 
     state.tts = TtsService(state)
+    from server.subtitle_jobs import SubtitleJobs
+
+    state.subtitle_jobs = SubtitleJobs(state)
+    services.add(state.subtitle_jobs)
     return services

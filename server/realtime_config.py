@@ -1,0 +1,97 @@
+"""The realtime WebSocket's first message: parsing and validating the session config (Soniox-shaped)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import ApiError
+from server.stt_options import SttOptions, parse_bool, parse_language_hints, parse_stt_options
+
+AUDIO_FORMATS = ("auto", "pcm_s16le", "pcm_f32le")
+
+
+class ConfigError(ApiError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(status, "bad_config", message)
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    audio_format: str
+    sample_rate: int | None
+    num_channels: int | None
+    stt: SttOptions
+    language_identification: bool
+    endpoint_detection: bool
+    language_a: str | None
+    language_b: str | None
+    allow_missing_directions: bool
+
+    @property
+    def two_way(self) -> bool:
+        return bool(self.language_a and self.language_b)
+
+
+def parse_config(raw: Any) -> RealtimeConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the first message must be a JSON object with the session config")
+    fmt = str(raw.get("audio_format") or "auto").strip().lower()
+    if fmt not in AUDIO_FORMATS:
+        raise ConfigError(f"audio_format must be one of {', '.join(AUDIO_FORMATS)}")
+    sr = raw.get("sample_rate")
+    ch = raw.get("num_channels")
+    if fmt.startswith("pcm"):
+        if not isinstance(sr, int) or isinstance(sr, bool) or not 8000 <= sr <= 192000:
+            raise ConfigError("raw PCM needs sample_rate (an integer, 8000-192000)")
+        if ch is None:
+            ch = 1
+        if not isinstance(ch, int) or isinstance(ch, bool) or not 1 <= ch <= 8:
+            raise ConfigError("num_channels must be an integer 1-8")
+    try:
+        stt = parse_stt_options({k: v for k, v in raw.items() if not isinstance(v, (dict, list)) or k in _LISTY})
+    except ApiError as exc:
+        raise ConfigError(exc.message) from None
+    a = _lang(raw.get("languageA", raw.get("language_a")), "languageA")
+    b = _lang(raw.get("languageB", raw.get("language_b")), "languageB")
+    if (a is None) != (b is None):
+        raise ConfigError("two-way translation needs both languageA and languageB (or neither)")
+    if a is not None and a == b:
+        raise ConfigError("languageA and languageB must differ")
+    try:
+        lid = parse_bool(raw.get("enable_language_identification"), "enable_language_identification")
+        ep = parse_bool(raw.get("enable_endpoint_detection"), "enable_endpoint_detection")
+        allow = parse_bool(raw.get("allow_missing_directions"), "allow_missing_directions")
+    except ApiError as exc:
+        raise ConfigError(exc.message) from None
+    return RealtimeConfig(fmt, sr if fmt.startswith("pcm") else None, ch if fmt.startswith("pcm") else None, stt,
+                          lid or a is not None, ep, a, b, allow)
+
+
+# Fields whose value may legitimately be a list or an object (dictionaries, hints, context).
+_LISTY = {"language_hints", "languageHints", "transcriptionTerms", "customDictionary", "terms", "customTerms",
+          "translationTerms", "translationDictionary", "context"}
+
+
+def _lang(value: Any, name: str) -> str | None:
+    if value is None or str(value).strip().lower() in {"", "none", "null"}:
+        return None
+    try:
+        codes = parse_language_hints(str(value))
+    except ApiError:
+        raise ConfigError(f"{name} must be a language code such as en or de") from None
+    if len(codes) != 1:
+        raise ConfigError(f"{name} must be one language code")
+    return codes[0]
+
+
+def missing_directions(a: str, b: str, served: Sequence[tuple[str, str]]) -> list[str]:
+    """Directions A->B and B->A that nothing serves. Into English, Whisper's translate task always serves."""
+    have = {tuple(p) for p in served}
+    out = []
+    for src, tgt in ((a, b), (b, a)):
+        if tgt == "en" or (src, tgt) in have:
+            continue
+        out.append(f"{src}->{tgt}")
+    return out

@@ -1,0 +1,102 @@
+"""WS /stt/realtime: JSON config first, then binary audio frames, an empty frame to finalize."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.errors import ApiError, unauthorized
+from server.realtime import RealtimeSession, error_message
+from server.realtime_config import parse_config
+
+log = logging.getLogger("speech7.realtime")
+CONFIG_TIMEOUT_S = 30
+
+
+async def realtime(ws: WebSocket) -> None:
+    await ws.accept()
+    state = ws.app.state
+    session: RealtimeSession | None = None
+    processor: asyncio.Task | None = None
+    try:
+        key = ws.headers.get("x-api-key") or ws.query_params.get("apiKey")
+        account = await state.accounts.authenticate(key) if key else None
+        if account is None:
+            raise unauthorized("Missing or invalid API key (use ?apiKey=...)")
+        if account.disabled:
+            raise ApiError(403, "account_disabled", "This account is disabled")
+        first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
+        if first["type"] == "websocket.disconnect":
+            return
+        raw = first.get("text") if first.get("text") is not None else (first.get("bytes") or b"").decode("utf-8", "replace")
+        config = parse_config(json.loads(raw))
+
+        async def send(msg: dict) -> None:
+            await ws.send_text(json.dumps(msg, ensure_ascii=False))
+
+        session = RealtimeSession(state, account, config, send)
+        await session.open()
+        processor = asyncio.ensure_future(session.process())
+        while True:
+            recv = asyncio.ensure_future(ws.receive())
+            done, _ = await asyncio.wait({recv, processor}, return_when=asyncio.FIRST_COMPLETED)
+            if processor in done:
+                recv.cancel()
+                processor.result()  # raises the processor's error (e.g. minutes ran out)
+                break
+            msg = recv.result()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes")
+            if data is None:
+                text = msg.get("text") or ""
+                if text.strip() == "":
+                    data = b""
+                else:  # a JSON control message: only {"type": "finalize"} is understood
+                    try:
+                        ctl = json.loads(text)
+                    except ValueError:
+                        ctl = None
+                    if isinstance(ctl, dict) and ctl.get("type") in {"finalize", "close"}:
+                        data = b""
+                    else:
+                        raise ApiError(400, "bad_message", "send audio as binary frames, an empty frame to finalize")
+            if len(data) == 0:
+                await session.finalize()
+                await processor
+                break
+            await session.feed(data)
+        await ws.close()
+    except WebSocketDisconnect:
+        pass
+    except asyncio.TimeoutError:
+        await _fail(ws, {"error_code": 408, "error_message": "no config message received"})
+    except Exception as exc:
+        if not isinstance(exc, (ApiError, json.JSONDecodeError)):
+            log.exception("realtime session failed")
+        await _fail(ws, error_message(exc))
+    finally:
+        if processor is not None and not processor.done():
+            processor.cancel()
+            try:
+                await processor
+            except BaseException:
+                pass
+        if session is not None:
+            await session.close()
+
+
+async def _fail(ws: WebSocket, body: dict) -> None:
+    try:
+        await ws.send_text(json.dumps(body))
+        # Application close codes 4000 + HTTP status (4401, 4402, 4400 ...), so clients can branch on them.
+        await ws.close(code=4000 + int(body["error_code"]))
+    except Exception:
+        pass  # the client is already gone
+
+
+routes = [WebSocketRoute("/stt/realtime", realtime)]

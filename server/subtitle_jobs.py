@@ -1,0 +1,289 @@
+"""Durable async subtitle jobs: rows in the database, files under <data_dir>/jobs, claimed atomically by
+workers (any number of server processes sharing one database), heartbeated while they run, re-queued when a
+worker dies, failed (and refunded) with a reason, purged with their files after the retention period.
+
+Minutes are reserved when the job is accepted (so a client learns at once that its balance is too low) and
+settled or refunded when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+
+from server.accounts import Account
+from server.db import subtitle_jobs as jobs_t
+from server.errors import ApiError, not_found, unprocessable
+from server.minutes import MinutesPool, Reservation, quantize_minutes
+from server.security import new_id
+from server.stt_options import SttOptions
+from server.subtitle_render import SubtitleFormat, render
+from server.uploads import UploadedMedia
+
+log = logging.getLogger("speech7.jobs")
+MAX_ATTEMPTS = 3
+
+
+def job_view(row: Any) -> dict[str, Any]:
+    status = row["status"]
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "status": status,
+        "progress": round(float(row["progress"] or 0.0), 3),
+        "statusUrl": f"/subtitle/jobs/{row['id']}",
+        "minutesUsed": row["minutes_used"],
+        "durationMs": row["duration_ms"],
+        "error": row["error"],
+        "createdAt": _iso(row["created_at"]),
+        "completedAt": _iso(row["completed_at"]),
+        "expiresAt": _iso(row["expires_at"]),
+    }
+    if status == "completed":
+        out["downloadUrl"] = f"/subtitle/jobs/{row['id']}/file"
+    return out
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def claimable(now: float, stale_seconds: float) -> Any:
+    """Queued jobs, and processing jobs whose worker stopped heartbeating (it died or was killed)."""
+    return or_(
+        jobs_t.c.status == "queued",
+        and_(jobs_t.c.status == "processing", jobs_t.c.heartbeat_at < now - stale_seconds),
+    )
+
+
+class SubtitleJobs:
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._dir = Path(state.settings.data_dir) / "jobs"
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    @property
+    def db(self) -> Any:
+        return self._state.db
+
+    @property
+    def minutes(self) -> MinutesPool:
+        return self._state.minutes
+
+    # ------------------------------------------------------------------ API side
+    async def create(self, account: Account, media: UploadedMedia, options: SttOptions, fmt: SubtitleFormat) -> dict[str, Any]:
+        from engines.audio import EngineError, probe_duration
+
+        self._state.capabilities.require_stt(account)
+        try:
+            duration = await asyncio.to_thread(probe_duration, media.path)
+        except EngineError as exc:
+            raise unprocessable(str(exc), code="undecodable_media") from None
+        if duration <= 0:
+            raise unprocessable("The media has no audio", code="empty_media")
+        job_id = new_id("sub")
+        reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind="subtitle_job", reference=job_id)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        upload_file = f"{job_id}.media"
+        try:
+            shutil.move(str(media.path), self._dir / upload_file)
+            now = time.time()
+            opts = json.loads(options.to_json())
+            opts["format"] = {"max_chars_per_line": fmt.max_chars_per_line, "max_lines": fmt.max_lines, "fmt": fmt.fmt}
+            async with self.db.begin() as conn:
+                await conn.execute(
+                    jobs_t.insert().values(
+                        id=job_id, account_id=account.id, status="queued", progress=0.0, options=json.dumps(opts),
+                        upload_name=media.filename[:300], upload_file=upload_file, usage_id=reservation.usage_id,
+                        attempts=0, created_at=now, updated_at=now,
+                        expires_at=now + self._state.settings.job_retention_hours * 3600,
+                    )
+                )
+        except BaseException:
+            (self._dir / upload_file).unlink(missing_ok=True)
+            await self.minutes.refund(reservation, note="job could not be stored")
+            raise
+        self._wake.set()
+        return {"id": job_id, "status": "queued", "statusUrl": f"/subtitle/jobs/{job_id}"}
+
+    async def _row(self, account_id: str, job_id: str) -> Any:
+        async with self.db.connect() as conn:
+            row = (
+                await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.account_id == account_id))
+            ).mappings().first()
+        if row is None:
+            raise not_found("No such subtitle job")
+        return row
+
+    async def status(self, account_id: str, job_id: str) -> dict[str, Any]:
+        return job_view(await self._row(account_id, job_id))
+
+    async def result_file(self, account_id: str, job_id: str) -> tuple[Path, str, str | None]:
+        row = await self._row(account_id, job_id)
+        if row["status"] != "completed" or not row["result_file"]:
+            raise ApiError(409, "not_ready", f"The job is {row['status']}; the file is available when it is completed")
+        path = self._dir / row["result_file"]
+        if not path.is_file():
+            raise not_found("The subtitle file is gone")
+        fmt = json.loads(row["options"]).get("format", {}).get("fmt", "srt")
+        return path, fmt, row["upload_name"]
+
+    async def counts(self) -> dict[str, int]:
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(select(jobs_t.c.status, func.count()).group_by(jobs_t.c.status))).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    # ------------------------------------------------------------------ worker side
+    async def claim(self) -> Any | None:
+        """Atomically takes one job: a conditional UPDATE that only one worker can win, on SQLite and PostgreSQL."""
+        now = time.time()
+        stale = self._state.settings.job_stale_seconds
+        async with self.db.connect() as conn:
+            ids = (
+                await conn.execute(
+                    select(jobs_t.c.id).where(claimable(now, stale)).order_by(jobs_t.c.created_at).limit(5)
+                )
+            ).scalars().all()
+        for job_id in ids:
+            async with self.db.begin() as conn:
+                res = await conn.execute(
+                    update(jobs_t)
+                    .where(and_(jobs_t.c.id == job_id, claimable(now, stale)))
+                    .values(status="processing", worker_id=self.worker_id, heartbeat_at=time.time(),
+                            attempts=jobs_t.c.attempts + 1, updated_at=time.time())
+                )
+                if res.rowcount == 1:
+                    row = (await conn.execute(select(jobs_t).where(jobs_t.c.id == job_id))).mappings().one()
+                    return row
+        return None
+
+    async def _mine(self, job_id: str, **values: Any) -> bool:
+        """Updates a job only while this worker still owns it (a stale owner must not overwrite a new one)."""
+        async with self.db.begin() as conn:
+            res = await conn.execute(
+                update(jobs_t)
+                .where(and_(jobs_t.c.id == job_id, jobs_t.c.worker_id == self.worker_id, jobs_t.c.status == "processing"))
+                .values(updated_at=time.time(), **values)
+            )
+        return res.rowcount == 1
+
+    async def run_one(self, row: Any) -> None:
+        job_id = row["id"]
+        if row["attempts"] > MAX_ATTEMPTS:
+            await self._fail(row, f"gave up after {MAX_ATTEMPTS} attempts")
+            return
+        progress = {"value": float(row["progress"] or 0.0)}
+        beat = asyncio.ensure_future(self._heartbeat(job_id, progress))
+        try:
+            account = await self._state.accounts.get(row["account_id"])
+            opts = json.loads(row["options"])
+            fmt = SubtitleFormat(**opts.pop("format"))
+            options = SttOptions.from_json(json.dumps(opts))
+            transcript = await self._state.transcription.transcribe_file(
+                account, self._dir / row["upload_file"], options, kind="subtitle_job", reference=job_id,
+                progress=lambda f: progress.__setitem__("value", 0.05 + 0.9 * f), reservation_id=row["usage_id"],
+            )
+            text = render(transcript, fmt, options.speaker_labels, options.diarize)
+            result_file = f"{job_id}.{fmt.fmt}"
+            tmp = self._dir / (result_file + ".part")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self._dir / result_file)
+            done = await self._mine(
+                job_id, status="completed", progress=1.0, result_file=result_file, completed_at=time.time(),
+                minutes_used=transcript.minutes_used, duration_ms=int(transcript.duration_s * 1000), error=None,
+            )
+            if done:
+                (self._dir / row["upload_file"]).unlink(missing_ok=True)
+        except asyncio.CancelledError:
+            raise  # shutting down: the job stays claimed and is re-queued once its heartbeat is stale
+        except ApiError as exc:
+            await self._fail(row, exc.message, refunded=True)
+        except Exception as exc:
+            log.exception("subtitle job %s failed", job_id)
+            await self._fail(row, f"internal error: {type(exc).__name__}", refunded=True)
+        finally:
+            beat.cancel()
+
+    async def _fail(self, row: Any, reason: str, refunded: bool = False) -> None:
+        if not refunded and row["usage_id"] is not None:
+            await self.minutes.refund_by_id(int(row["usage_id"]), note=f"job failed: {reason}")
+        if await self._mine(row["id"], status="failed", error=reason, completed_at=time.time(), minutes_used=0.0):
+            (self._dir / row["upload_file"]).unlink(missing_ok=True)
+
+    async def _heartbeat(self, job_id: str, progress: dict[str, float]) -> None:
+        interval = max(0.2, min(5.0, self._state.settings.job_stale_seconds / 4))
+        while True:
+            await self._mine(job_id, heartbeat_at=time.time(), progress=progress["value"])
+            await asyncio.sleep(interval)
+
+    async def _worker(self) -> None:
+        poll = self._state.settings.job_poll_seconds
+        while not self._stopping.is_set():
+            try:
+                row = await self.claim()
+                if row is not None:
+                    await self.run_one(row)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job worker error")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+            except asyncio.TimeoutError:
+                pass
+
+    async def purge(self, now: float | None = None) -> int:
+        """Deletes expired jobs (rows and files); a job still holding a reservation is refunded first."""
+        now = time.time() if now is None else now
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(select(jobs_t).where(jobs_t.c.expires_at < now))).mappings().all()
+        for row in rows:
+            if row["status"] in {"queued", "processing"} and row["usage_id"] is not None:
+                await self.minutes.refund_by_id(int(row["usage_id"]), note="job expired")
+            for name in (row["upload_file"], row["result_file"]):
+                if name:
+                    (self._dir / name).unlink(missing_ok=True)
+            async with self.db.begin() as conn:
+                await conn.execute(delete(jobs_t).where(jobs_t.c.id == row["id"]))
+        return len(rows)
+
+    async def _purger(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("purge failed")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=60)
+            except asyncio.TimeoutError:
+                pass
+
+    async def start(self) -> None:
+        for _ in range(max(0, self._state.settings.job_workers)):
+            self._tasks.append(asyncio.ensure_future(self._worker()))
+        self._tasks.append(asyncio.ensure_future(self._purger()))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except BaseException:
+                pass
+        self._tasks.clear()

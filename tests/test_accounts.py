@@ -1,0 +1,191 @@
+"""Foundation through the real app: auth, accounts, engine selection, capabilities, errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import ADMIN_KEY
+
+SPEC_EXAMPLE = {
+    "startingMinutes": 60,
+    "minutes": 60,
+    "isAdmin": True,
+    "ttsApiKey": "piper:en_US-joe-medium",
+    "sttApiKey": "whisper:base",
+    "companyId": "cmp_demo_123",
+    "companyName": "Acme",
+    "contactName": "Jane Doe",
+    "contactPhone": "+1 555 555 5555",
+    "companyAddress": "123 Example St",
+    "companyVATId": "EU123456789",
+    "companyRegistrationNumber": "HRB 98765",
+    "dateAddedCompany": "2025-11-21",
+    "timeAddedCompany": "09:00:00",
+}
+
+
+async def test_create_account_with_every_spec_field(api):
+    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, **SPEC_EXAMPLE})
+    assert r.status_code == 201
+    body = r.json()
+    assert body["apiKey"].startswith("s7_")
+    for field in SPEC_EXAMPLE:
+        expected = float(SPEC_EXAMPLE[field]) if field in {"startingMinutes", "minutes"} else SPEC_EXAMPLE[field]
+        assert body[field] == expected, field
+    # the new key works and is an admin key
+    r = await api.client.get("/accounts", headers={"x-api-key": body["apiKey"]})
+    assert r.status_code == 200
+    # the key is shown once: reading the account back never returns it
+    r = await api.client.get(f"/accounts/{body['id']}", headers={"x-api-key": ADMIN_KEY})
+    assert "apiKey" not in r.json() and r.json()["companyName"] == "Acme"
+
+
+async def test_spec_quick_test_body(api):
+    r = await api.client.post(
+        "/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 30, "companyName": "Test Co", "contactName": "Jane"}
+    )
+    assert r.status_code == 201
+    assert r.json()["minutes"] == 30.0 and r.json()["isAdmin"] is False
+
+
+@pytest.mark.parametrize("how", ["body", "header", "query"])
+async def test_key_accepted_three_ways(api, how):
+    acc = await api.account()
+    key = acc["apiKey"]
+    if how == "header":
+        r = await api.client.get("/account/capabilities", headers={"x-api-key": key})
+    elif how == "query":
+        r = await api.client.get("/account/capabilities", params={"apiKey": key})
+    else:
+        r = await api.client.post("/admin/login", json={"apiKey": key})  # a JSON body endpoint
+        assert r.status_code == 403  # authenticated (not 401) but not an admin
+        return
+    assert r.status_code == 200 and r.json()["minutesRemaining"] == 10.0
+
+
+async def test_missing_and_unknown_keys_are_401(api):
+    r = await api.client.get("/account/capabilities")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = await api.client.get("/account/capabilities", headers={"x-api-key": "s7_nope"})
+    assert r.status_code == 401
+    r = await api.client.post("/accounts", json={"apiKey": "wrong", "startingMinutes": 1})
+    assert r.status_code == 401
+
+
+async def test_admin_endpoints_refuse_non_admin_with_403(api):
+    key = (await api.account())["apiKey"]
+    h = {"x-api-key": key}
+    assert (await api.client.post("/accounts", json={"apiKey": key})).status_code == 403
+    assert (await api.client.get("/accounts", headers=h)).status_code == 403
+    other = await api.account()
+    assert (await api.client.post(f"/accounts/{other['id']}/minutes", json={"minutes": 5}, headers=h)).status_code == 403
+
+
+async def test_keys_are_stored_hashed(api):
+    from server.db import accounts
+
+    acc = await api.account()
+    async with api.app.state.db.connect() as conn:
+        rows = (await conn.execute(select(accounts))).mappings().all()
+    stored = {r["key_hash"] for r in rows}
+    assert acc["apiKey"] not in str([dict(r) for r in rows])
+    assert hashlib.sha256(acc["apiKey"].encode()).hexdigest() in stored
+
+
+async def test_engine_specs_validated_at_creation(api):
+    for field, value in [("sttApiKey", "whisper:large-v9"), ("sttApiKey", "deepgram:nova"), ("ttsApiKey", "piper:xx_XX-nobody")]:
+        r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, field: value})
+        assert r.status_code == 400, (field, value)
+        assert r.json()["error"]["code"] == "unknown_engine"
+    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "sttApiKey": "whisper:tiny.en", "ttsApiKey": "off"})
+    assert r.status_code == 201
+    caps = (await api.client.get("/account/capabilities", headers={"x-api-key": r.json()["apiKey"]})).json()
+    assert caps["stt"] == {**caps["stt"], "configured": True, "engine": "whisper", "model": "tiny.en", "device": "cpu"}
+    assert caps["tts"]["configured"] is False
+
+
+async def test_capabilities_defaults(api):
+    acc = await api.account()
+    caps = (await api.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"]})).json()
+    assert caps["stt"]["configured"] and caps["stt"]["model"] == "base"
+    assert caps["tts"]["configured"] and caps["tts"]["model"] == "en_US-joe-medium"
+    assert caps["diarization"]["engine"] == "builtin" and caps["diarization"]["configured"] is True
+    assert "pairs" in caps["translation"]
+    assert caps["minutesRemaining"] == 10.0 and caps["isAdmin"] is False
+
+
+async def test_admin_operations(api):
+    acc = await api.account(companyName="Old")
+    aid, h = acc["id"], {"x-api-key": ADMIN_KEY}
+    r = await api.client.post(f"/accounts/{aid}/minutes", json={"minutes": 5.5}, headers=h)
+    assert r.json()["minutes"] == 15.5
+    r = await api.client.post(f"/accounts/{aid}/minutes", json={"minutes": -100}, headers=h)
+    assert r.status_code == 402
+    r = await api.client.patch(f"/accounts/{aid}", json={"companyName": "New", "sttApiKey": "whisper:tiny.en"}, headers=h)
+    assert r.json()["companyName"] == "New" and r.json()["sttApiKey"] == "whisper:tiny.en"
+    # rotate: the old key stops working, the new one works
+    r = await api.client.post(f"/accounts/{aid}/rotate-key", headers=h)
+    new_key = r.json()["apiKey"]
+    assert (await api.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"]})).status_code == 401
+    assert (await api.client.get("/account/capabilities", headers={"x-api-key": new_key})).status_code == 200
+    # disable: 403 for the account's own calls
+    await api.client.patch(f"/accounts/{aid}", json={"disabled": True}, headers=h)
+    r = await api.client.get("/account/capabilities", headers={"x-api-key": new_key})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "account_disabled"
+    # the ledger shows the opening balance and the credit
+    usage = (await api.client.get(f"/accounts/{aid}/usage", headers=h)).json()["usage"]
+    assert [u["kind"] for u in usage].count("credit") == 2
+    listed = (await api.client.get("/accounts", headers=h)).json()["accounts"]
+    assert aid in [a["id"] for a in listed]
+    assert (await api.client.get("/accounts/acc_nope", headers=h)).status_code == 404
+
+
+async def test_bad_bodies(api):
+    r = await api.client.post("/accounts", content=b"{not json", headers={"x-api-key": ADMIN_KEY, "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"]
+    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": "lots"})
+    assert r.status_code == 400
+    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": -1})
+    assert r.status_code == 400
+    big = b'{"x": "' + b"a" * (2 << 20) + b'"}'
+    r = await api.client.post("/accounts", content=big, headers={"x-api-key": ADMIN_KEY, "content-type": "application/json"})
+    assert r.status_code == 413
+    r = await api.client.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_admin_web_session_with_csrf(api):
+    c = api.client
+    r = await c.post("/admin/login", json={"apiKey": ADMIN_KEY})
+    assert r.status_code == 200
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    csrf = r.json()["csrfToken"]
+    assert (await c.get("/accounts")).status_code == 200  # the cookie authenticates reads
+    r = await c.post("/accounts", json={"startingMinutes": 1})
+    assert r.status_code == 403 and "CSRF" in r.json()["error"]["message"]
+    r = await c.post("/accounts", json={"startingMinutes": 1}, headers={"x-csrf-token": csrf})
+    assert r.status_code == 201
+    await c.post("/admin/logout")
+    c.cookies.clear()
+    assert (await c.get("/accounts")).status_code == 401
+
+
+async def test_admin_created_on_first_start_and_printed_when_generated(tmp_path, models_root, capsys):
+    from server.app import create_app
+    from server.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "d", models_dir=models_root))
+    async with app.router.lifespan_context(app):
+        pass
+    out = capsys.readouterr().out
+    assert "API key (shown once): s7_" in out
+    key = out.split("(shown once): ")[1].split()[0]
+    app = create_app(Settings(data_dir=tmp_path / "d", models_dir=models_root))
+    async with app.router.lifespan_context(app):  # second start: nothing new printed, the key still works
+        account = await app.state.accounts.authenticate(key)
+        assert account is not None and account.is_admin
+    assert "shown once" not in capsys.readouterr().out
