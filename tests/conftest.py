@@ -119,3 +119,70 @@ async def api(api_settings):  # type: ignore[no-untyped-def]
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=300) as c:
             yield Api(app, c, api_settings)
+
+
+# ---------------------------------------------------------------- a live uvicorn server in a thread
+
+
+class LiveServer:
+    def __init__(self, app, url: str, settings) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.url = url
+        self.ws_url = url.replace("http://", "ws://")
+        self.settings = settings
+
+    def account(self, **fields) -> dict:  # type: ignore[no-untyped-def]
+        import httpx
+
+        r = httpx.post(f"{self.url}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 10, **fields}, timeout=30)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def minutes(self, key: str) -> float:
+        import httpx
+
+        return httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": key}, timeout=30).json()["minutesRemaining"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
+    """The real app under uvicorn (HTTP streaming and WebSockets behave as in production)."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("live") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
+        job_poll_seconds=0.2,
+    )
+    port = free_port()
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("live server did not start")
+    yield LiveServer(app, url, settings)
+    server.should_exit = True
+    thread.join(timeout=30)

@@ -122,7 +122,7 @@ export async function loadHistory() {
 export function setVoices(voices, current) {
   const select = form.elements.voice;
   const keep = select.value;
-  select.replaceChildren(el("option", { value: "", text: current ? `Account default (${current})` : "Account default" }));
+  select.replaceChildren(el("option", { value: "", text: current ? `Default (${current})` : "Default" }));
   for (const v of voices || []) select.append(el("option", { value: v, text: v }));
   if ([...select.options].some((o) => o.value === keep)) select.value = keep;
 }
