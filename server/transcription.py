@@ -83,7 +83,7 @@ class TranscriptionService:
         return replace(transcript, minutes_used=charged)
 
     def _run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
-        from engines.terms import correct_words
+        from engines.terms import correct_timed_words
 
         engine = self._state.models.stt(model)
         stt_share = 0.75 if options.diarize else 1.0
@@ -102,7 +102,8 @@ class TranscriptionService:
         result = engine.transcribe(request, stt_progress)
         words_by_segment: list[list[Word]] = [list(s.words) for s in result.segments]
         if options.terms and options.task == "transcribe":
-            words_by_segment = [_corrected(ws, options.terms, correct_words) for ws in words_by_segment]
+            # Merged words (e.g. "Speech seven" -> "Speech7") become one word spanning both timestamps.
+            words_by_segment = [correct_timed_words(ws, options.terms) for ws in words_by_segment]
         speakers: tuple[int, ...] = ()
         if options.diarize:
             diarizer = self._state.models.diarizer()
@@ -127,13 +128,6 @@ class TranscriptionService:
         if progress:
             progress(1.0)
         return Transcript(result, tuple(entries), len(audio) / SAMPLE_RATE, 0.0, speakers)
-
-
-def _corrected(words: list[Word], terms: tuple[str, ...], correct_words: Callable[..., list[str]]) -> list[Word]:
-    if not words:
-        return words
-    texts = correct_words([w.text for w in words], terms)
-    return [replace(w, text=t) for w, t in zip(words, texts, strict=True) if t != ""] if len(texts) == len(words) else words
 
 
 # ---------------------------------------------------------------------- response shapes
