@@ -127,6 +127,16 @@ class ModelManager:
 
         return self._get(f"diarizer:{spec}", load)
 
+    def speaker_encoder(self) -> Any:
+        """The GE2E encoder on its own: realtime sessions label speakers with it whatever diarizer serves files."""
+
+        def load() -> Any:
+            from engines.diarization.ge2e import Ge2eEncoder
+
+            return Ge2eEncoder(self.config.models_dir / "ge2e" / "pretrained.pt", device=self.config.device)
+
+        return self._get("ge2e", load)
+
     def translator(self) -> Translator:
         def load() -> Translator:
             from engines.translation import Ct2Translator

@@ -96,8 +96,8 @@ class RealtimeSession:
         if cfg.stt.diarize:
             from engines.diarization.online import OnlineSpeakers
 
-            diarizer = await asyncio.to_thread(self.state.models.diarizer)
-            speaker_fn = OnlineSpeakers(diarizer).assign
+            encoder = await asyncio.to_thread(self.state.models.speaker_encoder)
+            speaker_fn = OnlineSpeakers(encoder).assign
         self.reservation = await self.minutes.reserve(self.account.id, QUANTUM_MINUTES, kind="realtime")
         self.engine = engine
         self.stream = engine.open_stream(options) if speaker_fn is None else _open_with_speakers(engine, options, speaker_fn)

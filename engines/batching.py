@@ -1,0 +1,196 @@
+"""A cross-request batch worker: one owner thread per loaded model, fed by a priority queue.
+
+Why: a CTranslate2 model runs one call at a time per replica, and a batched call of N items costs far less
+than N single calls (the GPU or the CPU's SIMD lanes are filled once). So every request thread only prepares
+its items (features, prompts) and submits them here; the owner thread groups compatible items of *all*
+requests into one `run_batch` call and settles each item's future.
+
+Scheduling: the queue is ordered by (priority, arrival). The worker takes the head item, waits up to
+`batch_window_ms` after that item arrived for company (or until a full batch of its key is queued), then
+runs the head's key with up to `max_batch_size` queued items of that key, best priority first. Items that
+wait while a batch runs are already past their window, so a busy worker never sleeps: this is what makes
+it continuous batching rather than fixed-interval batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from engines.types import EngineError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+PRIORITY_REALTIME = 0
+PRIORITY_FILE = 1
+
+
+class WorkerClosedError(EngineError):
+    """The model was unloaded (server shutdown) before this item ran."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    batches: int  # run_batch calls made
+    items: int  # items that went through run_batch
+    failed_batches: int  # run_batch calls that raised
+    batch_sizes: dict[int, int]  # batch size -> how many batches had it
+    queue_depth: int  # items waiting right now
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
+@dataclass(order=True)
+class _Entry:
+    priority: int
+    seq: int
+    key: Hashable = field(compare=False)
+    item: Any = field(compare=False)
+    future: Future = field(compare=False)
+    enqueued: float = field(compare=False)
+
+
+def take_batch(queue: Sequence[_Entry], key: Hashable, limit: int) -> tuple[list[_Entry], list[_Entry]]:
+    """Splits a queue into (the batch: up to `limit` entries with `key`, best first; everything else)."""
+    taken: list[_Entry] = []
+    rest: list[_Entry] = []
+    for entry in sorted(queue):
+        if len(taken) < limit and entry.key == key:
+            taken.append(entry)
+        else:
+            rest.append(entry)
+    return taken, rest
+
+
+class BatchWorker(Generic[T, R]):
+    """Groups submitted items into `run_batch(items) -> results` calls on a single owner thread.
+
+    `run_batch` returns one entry per item, in order: a result, or an Exception that fails that item only.
+    If `run_batch` itself raises, every item of that batch fails with the exception. The thread never dies.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R | BaseException]],
+        *,
+        max_batch_size: int,
+        batch_window_ms: float,
+        name: str = "batch-worker",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = max(0.0, batch_window_ms) / 1000.0
+        self._queue: list[_Entry] = []  # a heap
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batches = 0
+        self._items = 0
+        self._failed = 0
+        self._sizes: Counter[int] = Counter()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self, item: T, key: Hashable, priority: int = PRIORITY_FILE) -> Future[R]:
+        """Queues one item; only items with an equal `key` share a batch. Lower priority runs first."""
+        fut: Future[R] = Future()
+        with self._cond:
+            if self._closed:
+                raise WorkerClosedError("the model is shutting down")
+            heapq.heappush(self._queue, _Entry(priority, next(self._seq), key, item, fut, time.monotonic()))
+            self._cond.notify()
+        return fut
+
+    async def submit_async(self, item: T, key: Hashable, priority: int = PRIORITY_FILE) -> R:
+        return await asyncio.wrap_future(self.submit(item, key, priority))
+
+    # ------------------------------------------------------------------ metrics and shutdown
+    def stats(self) -> BatchStats:
+        with self._cond:
+            return BatchStats(self._batches, self._items, self._failed, dict(self._sizes), len(self._queue))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Fails every queued item, lets the running batch finish, and joins the thread."""
+        with self._cond:
+            self._closed = True
+            pending, self._queue = self._queue, []
+            self._cond.notify_all()
+        for entry in pending:
+            if entry.future.set_running_or_notify_cancel():
+                entry.future.set_exception(WorkerClosedError("the model was unloaded before this request ran"))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the owner thread
+    def _next_batch(self) -> list[_Entry] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = self._queue[0].enqueued + self.batch_window_s
+            while not self._closed:
+                head = self._queue[0]
+                same = sum(1 for e in self._queue if e.key == head.key)
+                remaining = deadline - time.monotonic()
+                if same >= self.max_batch_size or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if self._closed:
+                return None
+            # Re-read the head: a realtime item that arrived during the window goes first.
+            batch, rest = take_batch(self._queue, self._queue[0].key, self.max_batch_size)
+            heapq.heapify(rest)
+            self._queue = rest
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            live = [e for e in batch if e.future.set_running_or_notify_cancel()]  # drops cancelled items
+            if live:
+                self._run(live)
+
+    def _run(self, batch: list[_Entry]) -> None:
+        failed = False
+        try:
+            results = list(self._run_batch([e.item for e in batch]))
+            if len(results) != len(batch):
+                raise EngineError(f"batch returned {len(results)} results for {len(batch)} items")
+        except BaseException as exc:  # noqa: BLE001 - the owner thread must survive anything
+            log.exception("batch of %d items failed", len(batch))
+            failed = True
+            results = [exc] * len(batch)
+        with self._cond:
+            self._batches += 1
+            self._items += len(batch)
+            self._failed += failed
+            self._sizes[len(batch)] += 1
+        for entry, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(result)

@@ -1,0 +1,144 @@
+"""Pure decisions of the streaming decoder: LocalAgreement-2 commits and the decode policy.
+
+Whisper is not a streaming model: a realtime stream re-decodes its unconfirmed audio tail every
+so often and must decide which words are stable. LocalAgreement-n (Machacek et al. 2023,
+"Turning Whisper into Real-Time Transcription System") confirms the words on which n consecutive
+hypotheses agree; with n = 2 a word becomes final as soon as the next decode repeats it.
+Everything here is a function of plain facts so that it can be tested with lists and numbers.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+
+def normalize_word(text: str) -> str:
+    """Comparison key of a word: case, punctuation, spacing and accents' composition do not count.
+
+    Whisper re-decodes the same audio as " country," then " country." depending on what follows, so
+    a strict comparison would hold words back for no reason.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+def agreed_prefix_len(previous: Sequence[str], current: Sequence[str]) -> int:
+    """Number of leading words on which two consecutive hypotheses agree (LocalAgreement-2)."""
+    n = 0
+    for a, b in zip(previous, current, strict=False):
+        if normalize_word(a) != normalize_word(b):
+            break
+        n += 1
+    return n
+
+
+def skip_committed(
+    committed: Sequence[str],
+    committed_end: float,
+    hypothesis: Sequence[tuple[str, float, float]],
+    max_tail: int = 4,
+) -> int:
+    """Index of the first hypothesis word (text, start, end) after the committed words it re-hears.
+
+    The decode window starts a few committed words back (`committed`, in order), so that Whisper
+    hears the next word's onset whole and in context; the hypothesis then repeats those words first.
+    If the repetition is not exact (the window clipped the first word, or Whisper spells it
+    differently) the last committed words are looked for near the start; failing that, words are
+    dropped while most of their duration lies before `committed_end` (seconds, as the word times).
+    """
+    keys = [normalize_word(w[0]) for w in hypothesis]
+    done = [normalize_word(w) for w in committed]
+
+    def heard_again(p: int, n: int) -> bool:  # hypothesis[p:p+n] repeats the last n committed words
+        return keys[p : p + n] == done[-n:] and _middle(hypothesis[p + n - 1]) < committed_end + 0.5
+
+    if done and heard_again(0, len(done)):
+        return len(done)
+    for n in range(min(max_tail, len(done)), 0, -1):
+        for p in range(0, min(len(keys) - n, len(done) + 1) + 1):
+            if heard_again(p, n):
+                return p + n
+    k = 0
+    while k < len(hypothesis) and _middle(hypothesis[k]) < committed_end:
+        k += 1
+    return k
+
+
+def _middle(word: tuple[str, float, float]) -> float:
+    return (word[1] + word[2]) / 2
+
+
+SENTENCE_END = (".", "?", "!", "。", "？", "！", "؟", "।")
+
+
+def words_leaving_window(
+    anchored: Sequence[tuple[str, float]],
+    anchor: float,
+    committed_end: float,
+    context_s: float,
+    max_context_s: float,
+) -> int:
+    """How many of the committed words (text, end) heard at the window start leave the window.
+
+    Re-hearing committed words costs decoder time but gives Whisper context and whole word onsets.
+    Once more than `context_s` of them are heard, the window restarts one word before the latest
+    sentence end: Whisper decodes a sentence best from its beginning, and that one re-heard word
+    realigns the hypothesis. A run-on sentence longer than `max_context_s` is cut at a word.
+    """
+    if committed_end - anchor <= context_s or len(anchored) < 2:
+        return 0
+    for j in range(len(anchored) - 1, 0, -1):
+        if anchored[j][0].rstrip().endswith(SENTENCE_END):
+            return j
+    if committed_end - anchor <= max_context_s:
+        return 0
+    drop = 0
+    while drop < len(anchored) - 1 and committed_end - anchored[drop][1] > context_s:
+        drop += 1
+    return drop
+
+
+# ---------------------------------------------------------------- decode policy
+
+
+class Action(Enum):
+    WAIT = "wait"  # nothing to do yet: accept() returns at once
+    DECODE = "decode"  # re-decode the unconfirmed tail and apply LocalAgreement
+    SKIP_SILENCE = "skip_silence"  # no speech in the tail: move the window start forward, no decode
+    END_UTTERANCE = "end_utterance"  # a long enough pause: finalize every pending word
+
+
+@dataclass(frozen=True)
+class DecodeFacts:
+    new_audio_s: float  # audio accepted since the last decode
+    tail_has_speech: bool  # VAD found speech in the unconfirmed tail
+    utterance_has_speech: bool  # VAD found speech since the last utterance end
+    trailing_silence_s: float  # silence at the end of the audio the VAD has seen
+    last_decode_cost_s: float  # clock seconds the previous decode took (0 before the first)
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    min_chunk_s: float = 1.0  # re-decode after this much new audio
+    endpoint_silence_s: float = 0.8  # a pause this long ends the utterance
+    # The interval grows to cost_factor x the last decode's cost: a stream whose decodes are slow
+    # (busy device, many streams) decodes less often instead of falling further behind.
+    cost_factor: float = 1.2
+
+
+def decode_interval(policy: DecodePolicy, last_decode_cost_s: float) -> float:
+    return max(policy.min_chunk_s, policy.cost_factor * last_decode_cost_s)
+
+
+def next_action(facts: DecodeFacts, policy: DecodePolicy) -> Action:
+    """What the stream does after accepting audio, decided from facts alone."""
+    if facts.utterance_has_speech and facts.trailing_silence_s >= policy.endpoint_silence_s:
+        return Action.END_UTTERANCE
+    if not facts.tail_has_speech:
+        return Action.SKIP_SILENCE
+    if facts.new_audio_s >= decode_interval(policy, facts.last_decode_cost_s):
+        return Action.DECODE
+    return Action.WAIT

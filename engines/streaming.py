@@ -1,0 +1,427 @@
+"""Realtime speech-to-text over Whisper: re-decode the unconfirmed tail, confirm by LocalAgreement-2.
+
+`WhisperStream` keeps the audio from the end of the last confirmed word. Every `min_chunk_s` of new
+audio that contains speech it re-decodes that tail (one <= 30 s Whisper window, the confirmed text as
+prompt) and confirms the words that the previous hypothesis agrees on; the rest is reported as
+non-final. Silero VAD, run incrementally, lets silence pass without decoding and ends an utterance
+after a pause (endpointing). All times in the stream are absolute samples from its start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engines.batching import PRIORITY_REALTIME
+from engines.local_agreement import (
+    Action,
+    DecodeFacts,
+    DecodePolicy,
+    agreed_prefix_len,
+    next_action,
+    skip_committed,
+    words_leaving_window,
+)
+from engines.types import SAMPLE_RATE, EngineError, StreamOptions, StreamToken, StreamUpdate
+
+MAX_WINDOW_S = 28.0  # Whisper hears at most 30 s
+CONTEXT_S = 2.0  # committed audio re-heard at the window start before it restarts at a sentence
+MAX_CONTEXT_S = 10.0  # ... or at a word, in a sentence that does not end
+ANCHOR_MARGIN_S = 0.25  # word boundaries are approximate: start a little early, never clip a word
+END_PAD_S = 0.4  # silence after the last speech that a window includes (more invites hallucinations)
+SPEECH_PAD_S = 0.3  # audio kept before detected speech (VAD onsets are late by a window or two)
+PROMPT_CHARS = 200  # committed text passed as prompt (Whisper's prompt holds ~224 tokens)
+LID_LOCK_S = 2.0  # after this much utterance audio the detected language stops changing
+SPEAKER_AUDIO_S = 6.0  # audio handed to speaker_fn: the utterance up to the new words, at most this
+
+
+@dataclass(frozen=True)
+class _Word:
+    text: str
+    start: int  # samples from stream start
+    end: int
+    probability: float
+
+
+class _AudioBuffer:
+    """Growable float32 buffer addressed by absolute sample index; appends are O(frame)."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(SAMPLE_RATE * 8, dtype=np.float32)
+        self.start = 0  # absolute index of _data[0]
+        self.end = 0  # absolute index after the last sample
+
+    def append(self, pcm: np.ndarray) -> None:
+        used = self.end - self.start
+        if used + len(pcm) > len(self._data):
+            grown = np.zeros(max(2 * len(self._data), used + len(pcm)), dtype=np.float32)
+            grown[:used] = self._data[:used]
+            self._data = grown
+        self._data[used : used + len(pcm)] = pcm
+        self.end += len(pcm)
+
+    def view(self, start: int, end: int) -> np.ndarray:
+        start = max(start, self.start)
+        return self._data[start - self.start : max(start, end) - self.start]
+
+    def trim(self, before: int) -> None:
+        """Forget audio before `before` (absolute)."""
+        drop = min(before, self.end) - self.start
+        if drop > 0:
+            used = self.end - self.start
+            self._data[: used - drop] = self._data[drop:used]
+            self.start += drop
+
+
+class _SpeechTracker:
+    """Silero VAD run incrementally (the LSTM state is carried across calls): speech runs in samples."""
+
+    WINDOW = 512  # Silero's frame at 16 kHz
+    CONTEXT = 64
+
+    def __init__(self, threshold: float = 0.5, min_speech_s: float = 0.1) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self._session: Any = get_vad_model().session  # shared onnxruntime session; run() is thread-safe
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
+        self._on = threshold
+        self._off = max(threshold - 0.15, 0.01)  # hysteresis, as faster-whisper's VAD does
+        self._min_speech = int(min_speech_s * SAMPLE_RATE)
+        self.processed = 0  # samples the VAD has seen
+        self._open: list[int] | None = None  # [start, end] of the run in progress
+        self.last_speech_end = -1  # end of the last speech run long enough to count
+        self._runs: list[tuple[int, int]] = []  # finished runs, pruned with the buffer
+
+    def update(self, buffer: _AudioBuffer) -> None:
+        n = (buffer.end - self.processed) // self.WINDOW
+        if n <= 0:
+            return
+        audio = buffer.view(self.processed, self.processed + n * self.WINDOW).reshape(n, self.WINDOW)
+        contexts = np.concatenate([self._context[None, :], audio[:-1, -self.CONTEXT :]], axis=0)
+        batch = np.concatenate([contexts, audio], axis=1)
+        probs, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = audio[-1, -self.CONTEXT :].copy()
+        for p in np.asarray(probs).reshape(-1):
+            self._step(float(p))
+
+    def _step(self, p: float) -> None:
+        start, end = self.processed, self.processed + self.WINDOW
+        self.processed = end
+        if self._open is None:
+            if p >= self._on:
+                self._open = [start, end]
+        elif p >= self._off:
+            self._open[1] = end
+        else:
+            self._close()
+        if self._open is not None and self._open[1] - self._open[0] >= self._min_speech:
+            self.last_speech_end = self._open[1]
+
+    def _close(self) -> None:
+        assert self._open is not None
+        if self._open[1] - self._open[0] >= self._min_speech:  # shorter blips are clicks, not speech
+            self._runs.append((self._open[0], self._open[1]))
+        self._open = None
+
+    @property
+    def in_speech(self) -> bool:
+        return self._open is not None and self._open[1] - self._open[0] >= self._min_speech
+
+    def trailing_silence(self) -> int:
+        return 0 if self.in_speech else self.processed - max(self.last_speech_end, 0)
+
+    def speech_start_after(self, sample: int) -> int | None:
+        """Start (clipped to `sample`) of the first counted speech after `sample`, None if none yet."""
+        runs = self._runs + ([tuple(self._open)] if self.in_speech and self._open else [])
+        for s, e in runs:
+            if e > sample:
+                return max(s, sample)
+        return None
+
+    def prune(self, before: int) -> None:
+        self._runs = [r for r in self._runs if r[1] > before]
+
+
+class WhisperStream:
+    """One realtime connection over a shared Whisper engine (see the module docstring).
+
+    `engine` needs `transcribe_window`, `detect_language` and `multilingual` (engines.whisper).
+    `clock` (default time.monotonic) measures decode cost, which stretches the decode interval under
+    load; a benchmark running faster than real time passes a clock in audio seconds. `speaker_fn`
+    gets the audio of the current utterance up to newly finalized words and returns their speaker.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        options: StreamOptions,
+        *,
+        clock: Callable[[], float] | None = None,
+        speaker_fn: Callable[[np.ndarray], int] | None = None,
+        min_chunk_s: float = 1.0,
+        context_s: float = CONTEXT_S,
+    ) -> None:
+        self._engine = engine
+        self._options = options
+        self._clock = clock or time.monotonic
+        self._speaker_fn = speaker_fn
+        self._policy = DecodePolicy(min_chunk_s=min_chunk_s, endpoint_silence_s=options.endpoint_silence_s)
+        self._context_s = context_s
+        self._buf = _AudioBuffer()
+        self._vad = _SpeechTracker()
+        self._window_start = 0  # audio before this is final: committed words or skipped silence
+        self._committed_end = 0  # end of the last committed word
+        self._anchor = 0  # decode windows start here: <= window start, on a committed word boundary
+        self._anchored: list[_Word] = []  # committed words after the anchor, heard again by each decode
+        self._prompt = ""  # committed text before the anchor
+        self._prompt_language: str | None = None
+        self._pending: list[_Word] = []  # the unconfirmed rest of the last hypothesis
+        self._partial: tuple[StreamToken, ...] = ()  # the same object while nothing changed
+        self._partial_source: list[_Word] | None = None
+        self._last_decode_at = 0  # buffer end at the last decode
+        self._decode_cost = 0.0
+        self._finished = False
+        self._new_utterance(0)
+
+    # ------------------------------------------------------------ public API
+
+    def accept(self, pcm: np.ndarray) -> StreamUpdate:
+        if self._finished:
+            raise EngineError("the stream is finished")
+        self._buf.append(np.asarray(pcm, dtype=np.float32).reshape(-1))
+        if self._buf.end - self._vad.processed >= 2 * _SpeechTracker.WINDOW:
+            self._vad.update(self._buf)
+        action = next_action(self._facts(), self._policy)
+        if action is Action.WAIT:
+            return self._update([])
+        if action is Action.SKIP_SILENCE:
+            self._skip_silence()
+            return self._update([])
+        if action is Action.DECODE:
+            return self._update(self._decode_and_agree())
+        final = self._end_utterance()
+        endpoint = self._options.enable_endpoint_detection and self._utt_words > 0
+        self._new_utterance(self._window_start)
+        return self._update(final, endpoint=endpoint)
+
+    def finish(self) -> StreamUpdate:
+        """Finalize every pending word; the stream accepts no more audio."""
+        if self._finished:
+            return self._update([])
+        self._vad.update(self._buf)
+        final = self._end_utterance()
+        self._finished = True
+        self._window_start = max(self._window_start, self._buf.end)
+        return self._update(final)
+
+    # ------------------------------------------------------------ decisions
+
+    def _facts(self) -> DecodeFacts:
+        speech_end = self._vad.last_speech_end
+        return DecodeFacts(
+            new_audio_s=(self._buf.end - self._last_decode_at) / SAMPLE_RATE,
+            tail_has_speech=bool(self._pending) or speech_end > self._window_start,
+            utterance_has_speech=bool(self._pending) or speech_end > self._utt_start,
+            trailing_silence_s=self._vad.trailing_silence() / SAMPLE_RATE,
+            last_decode_cost_s=self._decode_cost,
+        )
+
+    def _new_utterance(self, start: int) -> None:
+        self._utt_start = start
+        self._utt_words = 0
+        self._utt_language: str | None = None
+        self._utt_language_locked = False
+
+    def _skip_silence(self) -> None:
+        """No speech since the window start: let the window follow the audio, minus a pad."""
+        keep_from = self._vad.processed - int(SPEECH_PAD_S * SAMPLE_RATE)
+        if keep_from > self._window_start:
+            self._window_start = keep_from
+            self._last_decode_at = max(self._last_decode_at, keep_from)
+            if keep_from - self._committed_end > MAX_CONTEXT_S * SAMPLE_RATE:  # old words no longer help the next one
+                self._move_anchor(keep_from, len(self._anchored))
+            self._trim()
+
+    def _end_utterance(self) -> list[StreamToken]:
+        """A pause (or finish): decode what was not decoded yet and finalize everything."""
+        speech = self._vad.speech_start_after(self._window_start) is not None
+        if self._buf.end > self._last_decode_at and (self._pending or speech):
+            words = self._decode()
+        else:
+            words = self._pending
+        final = self._commit(words)
+        self._pending = []
+        self._window_start = max(self._window_start, self._vad.processed - int(SPEECH_PAD_S * SAMPLE_RATE))
+        self._last_decode_at = max(self._last_decode_at, self._window_start)
+        self._move_anchor(self._window_start, len(self._anchored))
+        self._trim()
+        return final
+
+    def _decode_and_agree(self) -> list[StreamToken]:
+        final = self._force_commit_if_too_long()
+        hypothesis = self._decode()
+        n = agreed_prefix_len([w.text for w in self._pending], [w.text for w in hypothesis])
+        final += self._commit(hypothesis[:n])
+        self._pending = hypothesis[n:]
+        return final
+
+    def _force_commit_if_too_long(self) -> list[StreamToken]:
+        """Hypotheses that never agree must not grow the window past Whisper's 30 s."""
+        limit = self._buf.end - int(MAX_WINDOW_S * SAMPLE_RATE)
+        if self._anchor >= limit:
+            return []
+        half = self._buf.end - int(MAX_WINDOW_S / 2 * SAMPLE_RATE)
+        final = self._commit([w for w in self._pending if w.end <= half])
+        self._pending = [w for w in self._pending if w.end > half]
+        self._window_start = max(self._window_start, limit)
+        self._move_anchor(self._window_start, len(self._anchored))
+        return final
+
+    # ------------------------------------------------------------ decoding
+
+    def _decode(self) -> list[_Word]:
+        """Decode [anchor, now) and return the hypothesis words after the committed ones."""
+        margin = int(ANCHOR_MARGIN_S * SAMPLE_RATE) if self._anchored else 0
+        start = max(self._anchor - margin, self._buf.start)
+        end = self._buf.end
+        if self._vad.trailing_silence() > END_PAD_S * SAMPLE_RATE:  # Whisper invents words in silence
+            end = max(self._vad.last_speech_end + int(END_PAD_S * SAMPLE_RATE), start)
+        audio = self._buf.view(start, end)
+        language = self._language()
+        if language != self._prompt_language:  # a prompt in another language misleads
+            self._prompt, self._prompt_language = "", language
+        began = self._clock()
+        result = self._engine.transcribe_window(
+            audio,
+            language=language,
+            task=self._options.task,
+            prompt=self._prompt or None,
+            terms=self._options.terms,
+            priority=PRIORITY_REALTIME,
+        )
+        self._decode_cost = max(self._clock() - began, 0.0)
+        self._last_decode_at = self._buf.end
+        if self._utt_language is None:
+            self._utt_language = result.language
+        words = [
+            _Word(w.text, start + int(w.start * SAMPLE_RATE), start + int(w.end * SAMPLE_RATE), w.probability)
+            for seg in result.segments
+            for w in seg.words
+            if w.text.strip()
+        ]
+        k = skip_committed(
+            [w.text for w in self._anchored],
+            self._committed_end / SAMPLE_RATE,
+            [(w.text, w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in words],
+        )
+        return self._clamped(words[k:])
+
+    def _clamped(self, words: list[_Word]) -> list[_Word]:
+        """Word times made monotonic and kept inside the unconfirmed audio."""
+        out: list[_Word] = []
+        floor = self._committed_end
+        for w in words:
+            start = min(max(w.start, floor), self._buf.end)
+            end = min(max(w.end, start), self._buf.end)
+            out.append(_Word(w.text, start, end, w.probability))
+            floor = end
+        return out
+
+    def _language(self) -> str | None:
+        """Decode language of the current utterance: forced by one hint, else detected and locked."""
+        hints = self._options.language_hints
+        if not self._engine.multilingual:
+            self._utt_language = "en"
+        elif len(hints) == 1:
+            self._utt_language = hints[0]
+        elif not self._utt_language_locked:
+            utterance = self._buf.view(max(self._utt_start, self._buf.start), self._buf.end)
+            utterance = utterance[-int(MAX_WINDOW_S * SAMPLE_RATE) :]
+            self._utt_language, _prob = self._engine.detect_language(utterance, tuple(hints))
+            self._utt_language_locked = len(utterance) >= LID_LOCK_S * SAMPLE_RATE
+        return self._utt_language
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _commit(self, words: list[_Word]) -> list[StreamToken]:
+        """Make words final: advance the committed audio and the anchor, tag speaker and language."""
+        if not words:
+            return []
+        speaker = None
+        if self._speaker_fn is not None:
+            end = words[-1].end
+            begin = max(self._utt_start, self._buf.start, end - int(SPEAKER_AUDIO_S * SAMPLE_RATE))
+            clip = self._buf.view(begin, end)
+            speaker = self._speaker_fn(clip) if len(clip) else None
+        language = self._utt_language if self._options.enable_language_identification else None
+        self._committed_end = max(self._committed_end, words[-1].end)
+        self._window_start = max(self._window_start, self._committed_end)
+        self._anchored.extend(words)
+        self._utt_words += len(words)
+        drop = words_leaving_window(
+            [(w.text, w.end / SAMPLE_RATE) for w in self._anchored],
+            self._anchor / SAMPLE_RATE,
+            self._committed_end / SAMPLE_RATE,
+            self._context_s,
+            MAX_CONTEXT_S,
+        )
+        if drop:
+            self._move_anchor(self._anchored[drop - 1].end, drop)
+        self._trim()
+        return [_token(w, True, language, speaker) for w in words]
+
+    def _move_anchor(self, to: int, drop: int) -> None:
+        """Windows start at `to` from now on; the first `drop` anchored words move into the prompt."""
+        self._prompt = _clip_prompt(self._prompt + "".join(w.text for w in self._anchored[:drop]))
+        self._anchored = self._anchored[drop:]
+        self._anchor = max(self._anchor, to)
+
+    def _trim(self) -> None:
+        """Drop audio no decode, language detection or speaker_fn will look at again."""
+        keep_from = max(self._utt_start, self._window_start - int(SPEAKER_AUDIO_S * SAMPLE_RATE))
+        keep_from = min(keep_from, self._anchor - int(ANCHOR_MARGIN_S * SAMPLE_RATE), self._vad.processed)
+        self._buf.trim(keep_from)
+        self._vad.prune(keep_from)
+
+    def _update(self, final: list[StreamToken], endpoint: bool = False) -> StreamUpdate:
+        if self._partial_source is not self._pending:
+            language = self._utt_language if self._options.enable_language_identification else None
+            self._partial = tuple(_token(w, False, language, None) for w in self._pending)
+            self._partial_source = self._pending
+        return StreamUpdate(
+            tokens=tuple(final) + self._partial if final else self._partial,
+            final_audio_proc_ms=_ms(min(self._window_start, self._buf.end)),
+            total_audio_proc_ms=_ms(self._buf.end),
+            endpoint=endpoint,
+        )
+
+
+def _ms(samples: int) -> int:
+    return samples * 1000 // SAMPLE_RATE
+
+
+def _token(w: _Word, final: bool, language: str | None, speaker: int | None) -> StreamToken:
+    return StreamToken(
+        text=w.text,
+        start_ms=_ms(w.start),
+        end_ms=_ms(w.end),
+        confidence=round(float(w.probability), 4),
+        is_final=final,
+        language=language,
+        speaker=speaker,
+    )
+
+
+def _clip_prompt(text: str) -> str:
+    """The last PROMPT_CHARS of committed text, cut at a word boundary."""
+    if len(text) <= PROMPT_CHARS:
+        return text
+    text = text[-PROMPT_CHARS:]
+    space = text.find(" ")
+    return text[space:] if space >= 0 else text

