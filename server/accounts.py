@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,14 +41,14 @@ class Account:
     row: Mapping[str, Any]
 
 
-def to_account(row: Mapping[str, Any]) -> Account:
+def to_account(row: Mapping[Any, Any]) -> Account:
     return Account(
         id=row["id"], is_admin=bool(row["is_admin"]), disabled=bool(row["disabled"]), minutes=float(row["minutes"]),
         stt_engine=row["stt_engine"], tts_engine=row["tts_engine"], row=dict(row),
     )
 
 
-def public_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def public_view(row: Mapping[Any, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row["id"],
         "keyPrefix": row["key_prefix"],
@@ -211,7 +212,7 @@ class AccountService:
     async def view(self, account_id: str) -> dict[str, Any]:
         return public_view((await self.get(account_id)).row)
 
-    async def usage(self, account_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def usage(self, account_id: str, limit: int = 100) -> builtins.list[dict[str, Any]]:
         await self.get(account_id)
         async with self._db.connect() as conn:
             rows = (
