@@ -37,6 +37,7 @@ SPEECH_PAD_S = 0.3  # audio kept before detected speech (VAD onsets are late by 
 PROMPT_CHARS = 200  # committed text passed as prompt (Whisper's prompt holds ~224 tokens)
 LID_LOCK_S = 2.0  # after this much utterance audio the detected language stops changing
 SPEAKER_AUDIO_S = 6.0  # audio handed to speaker_fn: the utterance up to the new words, at most this
+STEP_S = 0.1  # accept() walks longer chunks in steps of this much audio (VAD and endpoint decisions)
 
 
 @dataclass(frozen=True)
@@ -192,23 +193,52 @@ class WhisperStream:
     # ------------------------------------------------------------ public API
 
     def accept(self, pcm: np.ndarray) -> StreamUpdate:
+        """Adds audio; returns the new final words (each once) and the current non-final ones.
+
+        A chunk longer than `STEP_S` that spans a pause yields several updates (see `accept_all`);
+        they are merged here, so an endpoint inside it is reported at the end of the update.
+        """
+        updates = self.accept_all(pcm)
+        if len(updates) == 1:
+            return updates[0]
+        return StreamUpdate(
+            tokens=tuple(t for u in updates[:-1] for t in u.tokens) + updates[-1].tokens,
+            final_audio_proc_ms=updates[-1].final_audio_proc_ms,
+            total_audio_proc_ms=updates[-1].total_audio_proc_ms,
+            endpoint=any(u.endpoint for u in updates),
+        )
+
+    def accept_all(self, pcm: np.ndarray) -> list[StreamUpdate]:
+        """Adds audio of any length; one update per endpoint in it, in order, then one for the rest.
+
+        The audio is walked in `STEP_S` steps so that pauses end utterances where they are, whether the
+        client sent 20 ms frames or a backlog of seconds (a slow network, or a busy server that hands a
+        session everything that piled up at once). Tail re-decodes are left to the last step: decoding
+        every second of a backlog would only put the stream further behind.
+        """
         if self._finished:
             raise EngineError("the stream is finished")
-        self._buf.append(np.asarray(pcm, dtype=np.float32).reshape(-1))
-        if self._buf.end - self._vad.processed >= 2 * _SpeechTracker.WINDOW:
-            self._vad.update(self._buf)
-        action = next_action(self._facts(), self._policy)
-        if action is Action.WAIT:
-            return self._update([])
-        if action is Action.SKIP_SILENCE:
-            self._skip_silence()
-            return self._update([])
-        if action is Action.DECODE:
-            return self._update(self._decode_and_agree())
-        final = self._end_utterance()
-        endpoint = self._options.enable_endpoint_detection and self._utt_words > 0
-        self._new_utterance(self._window_start)
-        return self._update(final, endpoint=endpoint)
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        step = int(STEP_S * SAMPLE_RATE)
+        updates: list[StreamUpdate] = []
+        final: list[StreamToken] = []
+        pos = 0
+        while True:
+            piece = pcm[pos : pos + step]
+            pos += len(piece)
+            last = pos >= len(pcm)
+            # ... unless the window would outgrow what one Whisper decode hears.
+            long_tail = self._buf.end - self._anchor > MAX_WINDOW_S / 2 * SAMPLE_RATE
+            words, endpoint = self._step(piece, may_decode=last or long_tail)
+            final += words
+            if endpoint:
+                updates.append(self._update(final, endpoint=True))
+                final = []
+            if last:
+                break
+        if final or not updates:
+            updates.append(self._update(final))
+        return updates
 
     def finish(self) -> StreamUpdate:
         """Finalize every pending word; the stream accepts no more audio."""
@@ -221,6 +251,24 @@ class WhisperStream:
         return self._update(final)
 
     # ------------------------------------------------------------ decisions
+
+    def _step(self, pcm: np.ndarray, *, may_decode: bool) -> tuple[list[StreamToken], bool]:
+        """One step of audio: the new final tokens and whether an endpoint ended the utterance."""
+        self._buf.append(pcm)
+        if self._buf.end - self._vad.processed >= 2 * _SpeechTracker.WINDOW:
+            self._vad.update(self._buf)
+        action = next_action(self._facts(), self._policy)
+        if action is Action.WAIT:
+            return [], False
+        if action is Action.SKIP_SILENCE:
+            self._skip_silence()
+            return [], False
+        if action is Action.DECODE:
+            return (self._decode_and_agree() if may_decode else []), False
+        final = self._end_utterance()
+        endpoint = self._options.enable_endpoint_detection and self._utt_words > 0
+        self._new_utterance(self._window_start)
+        return final, endpoint
 
     def _facts(self) -> DecodeFacts:
         speech_end = self._vad.last_speech_end
@@ -244,7 +292,10 @@ class WhisperStream:
         if keep_from > self._window_start:
             self._window_start = keep_from
             self._last_decode_at = max(self._last_decode_at, keep_from)
-            if keep_from - self._committed_end > MAX_CONTEXT_S * SAMPLE_RATE:  # old words no longer help the next one
+            # With no committed words to re-hear (a new utterance), the window follows the silence: a
+            # window that opens on seconds of silence makes Whisper stretch its first word over them.
+            # Old words no longer help the next one either.
+            if not self._anchored or keep_from - self._committed_end > MAX_CONTEXT_S * SAMPLE_RATE:
                 self._move_anchor(keep_from, len(self._anchored))
             self._trim()
 

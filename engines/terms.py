@@ -513,3 +513,22 @@ def _replace_near_miss(text: str, target: str) -> str | None:
     while j < len(fixed) and fixed[j] == "":
         j += 1
     return "".join(tokens[:i]) + "".join(fixed[i:j]) + "".join(tokens[j:]) + text[len("".join(tokens)) :]
+
+
+def translated_timed_words(words: Sequence[Word], pairs: Sequence[tuple[str, str]]) -> list[Word]:
+    """The translation-term pass over a translation that exists only as timed words (Whisper's translate
+    task gives no source text to compare with): a source term copied through untranslated (names, codes;
+    inflections allowed, exact spelling otherwise) becomes its target, then near-misses of a target snap
+    to it. Source terms are not fuzzed: a foreign term one letter from an English word would eat it."""
+    if not pairs or not words:
+        return list(words)
+    copies = [(_term_regex(source), target) for source, target in pairs]
+    out: list[Word] = []
+    for w in words:
+        lead, core, trail = split_affixes(w.text)
+        for pattern, target in copies:
+            if core and pattern.fullmatch(core):
+                w = replace(w, text=lead + target + trail)
+                break
+        out.append(w)
+    return correct_timed_words(out, [target for _, target in pairs])

@@ -3,6 +3,7 @@ engines' own gauges (batch queue depth, batch sizes), rendered on GET /metrics."
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import defaultdict
@@ -72,6 +73,8 @@ def _engine_lines(engines: dict[str, Any]) -> Iterable[str]:
         if not callable(stats_fn):
             continue
         stats = stats_fn()
+        if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+            stats = {**dataclasses.asdict(stats), "mean_size": getattr(stats, "mean_batch_size", 0.0)}
         for name, value in sorted(stats.items()):
             if isinstance(value, dict):  # e.g. batch size histogram
                 for label, n in sorted(value.items()):
@@ -81,19 +84,62 @@ def _engine_lines(engines: dict[str, Any]) -> Iterable[str]:
 
 
 def _gpu_lines() -> Iterable[str]:
+    # NVML sees every allocation on the device (CTranslate2's and onnxruntime's too, which torch's
+    # allocator counters miss), so it is asked first; torch is the fallback when NVML is absent.
+    used = _nvml_used_bytes()
+    if used is None:
+        used = _torch_allocated_bytes()
+    if not used:
+        return
+    yield "# HELP s7_gpu_memory_used_bytes GPU memory in use per device"
+    yield "# TYPE s7_gpu_memory_used_bytes gauge"
+    for i, n in enumerate(used):
+        yield f's7_gpu_memory_used_bytes{{device="{i}"}} {n}'
+
+
+def _nvml_used_bytes() -> list[int] | None:
+    import ctypes
+
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+
+    class MemoryInfo(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return None
+        count = ctypes.c_uint()
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        out = []
+        for i in range(count.value):
+            handle = ctypes.c_void_p()
+            info = MemoryInfo()
+            if nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) != 0:
+                return None
+            if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(info)) != 0:
+                return None
+            out.append(int(info.used))
+        return out
+    except AttributeError:
+        return None
+
+
+def _torch_allocated_bytes() -> list[int] | None:
     import sys
 
-    torch = sys.modules.get("torch")  # only report when something already imported torch
+    torch = sys.modules.get("torch")  # only when something already imported torch: never import it for this
     if torch is None:
-        return
+        return None
     try:
         if not torch.cuda.is_available():
-            return
-        yield "# TYPE s7_gpu_memory_allocated_bytes gauge"
-        for i in range(torch.cuda.device_count()):
-            yield f's7_gpu_memory_allocated_bytes{{device="{i}"}} {torch.cuda.memory_allocated(i)}'
+            return None
+        return [int(torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count())]
     except Exception:
-        return
+        return None
 
 
 class MetricsMiddleware:

@@ -23,8 +23,9 @@ from sqlalchemy import and_, delete, func, or_, select, update
 
 from server.accounts import Account
 from server.db import subtitle_jobs as jobs_t
+from server.db import usage as usage_t
 from server.errors import ApiError, not_found, unprocessable
-from server.minutes import MinutesPool, Reservation, quantize_minutes
+from server.minutes import MinutesPool, quantize_minutes
 from server.security import new_id
 from server.stt_options import SttOptions
 from server.subtitle_render import SubtitleFormat, render
@@ -107,7 +108,7 @@ class SubtitleJobs:
                     jobs_t.insert().values(
                         id=job_id, account_id=account.id, status="queued", progress=0.0, options=json.dumps(opts),
                         upload_name=media.filename[:300], upload_file=upload_file, usage_id=reservation.usage_id,
-                        attempts=0, created_at=now, updated_at=now,
+                        attempts=0, created_at=now, updated_at=now, duration_ms=int(duration * 1000),
                         expires_at=now + self._state.settings.job_retention_hours * 3600,
                     )
                 )
@@ -146,9 +147,14 @@ class SubtitleJobs:
         return {r[0]: int(r[1]) for r in rows}
 
     # ------------------------------------------------------------------ worker side
-    async def claim(self) -> Any | None:
-        """Atomically takes one job: a conditional UPDATE that only one worker can win, on SQLite and PostgreSQL."""
-        now = time.time()
+    async def claim(self, now: float | None = None) -> Any | None:
+        """Atomically takes one job: a conditional UPDATE that only one worker can win, on SQLite and PostgreSQL.
+
+        On PostgreSQL a second UPDATE of the same row waits for the first to commit and then re-checks the
+        WHERE clause against the new row (status "processing", fresh heartbeat), so it matches nothing.
+        `now` (for tests) moves the staleness clock.
+        """
+        now = time.time() if now is None else now
         stale = self._state.settings.job_stale_seconds
         async with self.db.connect() as conn:
             ids = (
@@ -161,7 +167,7 @@ class SubtitleJobs:
                 res = await conn.execute(
                     update(jobs_t)
                     .where(and_(jobs_t.c.id == job_id, claimable(now, stale)))
-                    .values(status="processing", worker_id=self.worker_id, heartbeat_at=time.time(),
+                    .values(status="processing", worker_id=self.worker_id, heartbeat_at=time.time(), progress=0.0,
                             attempts=jobs_t.c.attempts + 1, updated_at=time.time())
                 )
                 if res.rowcount == 1:
@@ -182,22 +188,24 @@ class SubtitleJobs:
     async def run_one(self, row: Any) -> None:
         job_id = row["id"]
         if row["attempts"] > MAX_ATTEMPTS:
-            await self._fail(row, f"gave up after {MAX_ATTEMPTS} attempts")
+            await self._fail(row, f"gave up after {MAX_ATTEMPTS} attempts (the worker died each time)")
             return
-        progress = {"value": float(row["progress"] or 0.0)}
+        progress = {"value": 0.0}
         beat = asyncio.ensure_future(self._heartbeat(job_id, progress))
         try:
             account = await self._state.accounts.get(row["account_id"])
             opts = json.loads(row["options"])
             fmt = SubtitleFormat(**opts.pop("format"))
             options = SttOptions.from_json(json.dumps(opts))
+            usage_id = await self._live_reservation(row)
             transcript = await self._state.transcription.transcribe_file(
                 account, self._dir / row["upload_file"], options, kind="subtitle_job", reference=job_id,
-                progress=lambda f: progress.__setitem__("value", 0.05 + 0.9 * f), reservation_id=row["usage_id"],
+                progress=lambda f: progress.__setitem__("value", 0.05 + 0.9 * f), reservation_id=usage_id,
             )
             text = render(transcript, fmt, options.speaker_labels, options.diarize)
             result_file = f"{job_id}.{fmt.fmt}"
-            tmp = self._dir / (result_file + ".part")
+            # A unique temporary name: a worker that lost a stale job must not collide with its new owner.
+            tmp = self._dir / f"{result_file}.{secrets.token_hex(4)}.part"
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(self._dir / result_file)
             done = await self._mine(
@@ -207,23 +215,58 @@ class SubtitleJobs:
             if done:
                 (self._dir / row["upload_file"]).unlink(missing_ok=True)
         except asyncio.CancelledError:
-            raise  # shutting down: the job stays claimed and is re-queued once its heartbeat is stale
+            # Shutting down: hand the job back at once so the next start (or another process) resumes it
+            # without waiting for the heartbeat to go stale. An interrupted run is not a failed attempt.
+            await self._mine(job_id, status="queued", worker_id=None, heartbeat_at=None,
+                             attempts=jobs_t.c.attempts - 1)
+            raise
         except ApiError as exc:
-            await self._fail(row, exc.message, refunded=True)
+            await self._fail(row, exc.message)
         except Exception as exc:
             log.exception("subtitle job %s failed", job_id)
-            await self._fail(row, f"internal error: {type(exc).__name__}", refunded=True)
+            await self._fail(row, f"internal error: {type(exc).__name__}")
         finally:
             beat.cancel()
 
-    async def _fail(self, row: Any, reason: str, refunded: bool = False) -> None:
-        if not refunded and row["usage_id"] is not None:
-            await self.minutes.refund_by_id(int(row["usage_id"]), note=f"job failed: {reason}")
+    async def _live_reservation(self, row: Any) -> int:
+        """The job's reservation, taken again if an interrupted run gave it back.
+
+        The transcription service refunds its reservation when it is cancelled, which is right for a
+        request but leaves a job that is resumed after a graceful shutdown with nothing reserved. A
+        settled reservation (the previous run crashed after billing) is reused: settling twice charges once.
+        """
+        usage_id = row["usage_id"]
+        if usage_id is not None:
+            async with self.db.connect() as conn:
+                state = (await conn.execute(select(usage_t.c.status).where(usage_t.c.id == usage_id))).scalar()
+            if state in {"reserved", "settled"}:
+                return int(usage_id)
+        minutes = quantize_minutes((row["duration_ms"] or 0) / 1000) or quantize_minutes(1.0)
+        reservation = await self.minutes.reserve(row["account_id"], minutes, kind="subtitle_job", reference=row["id"])
+        if not await self._mine(row["id"], usage_id=reservation.usage_id):
+            await self.minutes.refund(reservation, note="job taken over by another worker")
+            raise ApiError(409, "job_taken", "the job was taken over by another worker")
+        return reservation.usage_id
+
+    async def _fail(self, row: Any, reason: str) -> None:
+        """Marks the job failed and gives its minutes back (refunding twice is a no-op).
+
+        The refund comes first: if the process dies in between, the job is re-run and reserves again,
+        whereas the other order could leave a failed job holding minutes. Ownership is checked before, so a
+        worker that lost a stale job never refunds the reservation its new owner is using.
+        """
+        if not await self._mine(row["id"]):
+            return
+        async with self.db.connect() as conn:
+            usage_id = (await conn.execute(select(jobs_t.c.usage_id).where(jobs_t.c.id == row["id"]))).scalar()
+        if usage_id is not None:
+            await self.minutes.refund_by_id(int(usage_id), note=f"job failed: {reason}"[:500])
         if await self._mine(row["id"], status="failed", error=reason, completed_at=time.time(), minutes_used=0.0):
             (self._dir / row["upload_file"]).unlink(missing_ok=True)
 
     async def _heartbeat(self, job_id: str, progress: dict[str, float]) -> None:
-        interval = max(0.2, min(5.0, self._state.settings.job_stale_seconds / 4))
+        # Often enough for a client's progress bar, and several beats inside the staleness window.
+        interval = max(0.2, min(1.0, self._state.settings.job_stale_seconds / 4))
         while True:
             await self._mine(job_id, heartbeat_at=time.time(), progress=progress["value"])
             await asyncio.sleep(interval)
@@ -247,19 +290,40 @@ class SubtitleJobs:
                 pass
 
     async def purge(self, now: float | None = None) -> int:
-        """Deletes expired jobs (rows and files); a job still holding a reservation is refunded first."""
+        """Deletes expired jobs (rows and files); a job still holding a reservation is refunded first.
+
+        `now` is a parameter so the retention can be tested without waiting a day. Files under jobs/ that
+        no row owns (a crash between storing the upload and inserting its row) go once they are as old as
+        the retention period.
+        """
         now = time.time() if now is None else now
         async with self.db.connect() as conn:
             rows = (await conn.execute(select(jobs_t).where(jobs_t.c.expires_at < now))).mappings().all()
         for row in rows:
             if row["status"] in {"queued", "processing"} and row["usage_id"] is not None:
                 await self.minutes.refund_by_id(int(row["usage_id"]), note="job expired")
+            async with self.db.begin() as conn:
+                await conn.execute(delete(jobs_t).where(jobs_t.c.id == row["id"]))
             for name in (row["upload_file"], row["result_file"]):
                 if name:
                     (self._dir / name).unlink(missing_ok=True)
-            async with self.db.begin() as conn:
-                await conn.execute(delete(jobs_t).where(jobs_t.c.id == row["id"]))
+        await asyncio.to_thread(self._sweep_orphans, now, await self._job_ids())
         return len(rows)
+
+    async def _job_ids(self) -> set[str]:
+        async with self.db.connect() as conn:
+            return set((await conn.execute(select(jobs_t.c.id))).scalars().all())
+
+    def _sweep_orphans(self, now: float, known: set[str]) -> None:
+        cutoff = now - self._state.settings.job_retention_hours * 3600
+        if not self._dir.is_dir():
+            return
+        for path in self._dir.iterdir():
+            try:
+                if path.name.split(".", 1)[0] not in known and path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                pass  # another process purged it first
 
     async def _purger(self) -> None:
         while not self._stopping.is_set():

@@ -27,22 +27,14 @@ class SubtitleFormat:
 
 
 def parse_format(fields: Mapping[str, Any]) -> SubtitleFormat:
-    """Out-of-range numbers are clamped to the spec's ranges (30-120, 1-4); non-numbers are a 400."""
+    """Out-of-range integers are clamped to the spec's ranges (30-120, 1-4); anything that is not an integer
+    ("wide", "1.5") is a 400 rather than a silent truncation."""
     from engines.subtitles import clamp_format_options
 
-    def num(name: str) -> int | None:
-        raw = fields.get(name)
-        if raw is None or str(raw).strip() == "":
-            return None
-        try:
-            return int(float(str(raw).strip()))
-        except ValueError:
-            raise bad_request(f"{name} must be a number") from None
-
     try:
-        chars, lines = clamp_format_options(num("maxCharsPerLine"), num("maxLines"))
+        chars, lines = clamp_format_options(fields.get("maxCharsPerLine"), fields.get("maxLines"))
     except ValueError as exc:
-        raise bad_request(str(exc)) from None
+        raise bad_request(str(exc), code="bad_format_option") from None
     fmt = str(fields.get("format") or "srt").strip().lower()
     if fmt not in {"srt", "vtt"}:
         raise bad_request("format must be 'srt' or 'vtt'")

@@ -18,7 +18,7 @@ import numpy as np
 from engines.assign import Entry, assign_speakers, build_entries, merge_turns
 from engines.types import SAMPLE_RATE, DiarizationRequest, EngineError, ModelMissingError, SttRequest, SttResult, Word
 from server.accounts import Account
-from server.errors import ApiError, unprocessable
+from server.errors import ApiError, payment_required, unprocessable
 from server.minutes import MinutesPool, quantize_minutes
 from server.stt_options import SttOptions, speaker_label
 
@@ -60,6 +60,12 @@ class TranscriptionService:
         progress: Progress | None = None, reservation_id: int | None = None,
     ) -> Transcript:
         selection = self._state.capabilities.require_stt(account)
+        if options.diarize and self._state.models.diarizer_spec() == "off":
+            raise ApiError(400, "diarization_not_configured", "Speaker diarization is turned off on this server")
+        if reservation_id is None and account.minutes <= 0:
+            # Decoding a large upload only to refuse it would waste the server's time; reserve() below stays
+            # the authoritative check (the balance read at authentication may be stale).
+            raise payment_required("Not enough minutes: the account has 0 min left")
         audio = await asyncio.to_thread(decode_media, path)
         duration = len(audio) / SAMPLE_RATE
         if reservation_id is None:
@@ -83,7 +89,7 @@ class TranscriptionService:
         return replace(transcript, minutes_used=charged)
 
     def _run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
-        from engines.terms import correct_timed_words
+        from engines.terms import correct_terms, correct_timed_words, translated_timed_words
 
         engine = self._state.models.stt(model)
         stt_share = 0.75 if options.diarize else 1.0
@@ -92,16 +98,19 @@ class TranscriptionService:
             if progress:
                 progress(f * stt_share)
 
-        hints = options.language_hints
-        if not engine.multilingual:
-            hints = ()  # an English-only model ignores hints rather than failing on them
+        translating = options.task == "translate"
+        # The decoder prompt carries the words the output should contain: in a translation those are the
+        # translation targets (English), not source-language spellings.
+        steer = options.terms + tuple(t for _, t in options.translation_terms) if translating else options.terms
         request = SttRequest(
-            audio=audio, language_hints=hints, task=options.task,  # type: ignore[arg-type]
-            word_timestamps=True, terms=options.terms,
+            audio=audio, language_hints=options.language_hints, task=options.task,  # type: ignore[arg-type]
+            word_timestamps=True, terms=steer,
         )
         result = engine.transcribe(request, stt_progress)
         words_by_segment: list[list[Word]] = [list(s.words) for s in result.segments]
-        if options.terms and options.task == "transcribe":
+        if translating and options.translation_terms:
+            words_by_segment = [translated_timed_words(ws, options.translation_terms) for ws in words_by_segment]
+        elif options.terms and not translating:
             # Merged words (e.g. "Speech seven" -> "Speech7") become one word spanning both timestamps.
             words_by_segment = [correct_timed_words(ws, options.terms) for ws in words_by_segment]
         speakers: tuple[int, ...] = ()
@@ -121,10 +130,10 @@ class TranscriptionService:
                     seen.append(w.speaker)
             speakers = tuple(seen)
         entries = build_entries(result.segments, words_by_segment)
-        if options.translation_terms and options.task == "translate":
-            from engines.terms import enforce_translation_terms
-
-            entries = [replace(e, text=enforce_translation_terms(e.text, e.text, options.translation_terms)) for e in entries]
+        # Entries without word times (alignment found none) still get the dictionaries, on their text.
+        fix = [t for _, t in options.translation_terms] if translating else list(options.terms)
+        if fix:
+            entries = [e if e.words else replace(e, text=correct_terms(e.text, fix)) for e in entries]
         if progress:
             progress(1.0)
         return Transcript(result, tuple(entries), len(audio) / SAMPLE_RATE, 0.0, speakers)

@@ -63,6 +63,13 @@ class TtsService:
         self._state = state
         self._dir = Path(state.settings.data_dir) / "speeches"
         self._cleanup_tasks: set[asyncio.Task] = set()
+        self._streaming = 0
+
+    @property
+    def streams_in_progress(self) -> int:
+        """Responses whose audio is being produced or sent right now (a stream stops counting as soon as it
+        completes, fails or notices that its client has gone)."""
+        return self._streaming
 
     @property
     def minutes(self) -> MinutesPool:
@@ -88,7 +95,7 @@ class TtsService:
         reservation = await self.minutes.reserve(
             account.id, quantize_minutes(estimate_seconds(text, speed)), kind="tts", reference=speech_id
         )
-        return _Job(self, account, engine, chunks, selection.spec, text, speech_id, reservation)
+        return SpeechJob(self, account, engine, chunks, selection.spec, text, speech_id, reservation)
 
     def _track(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -96,17 +103,30 @@ class TtsService:
         task.add_done_callback(self._cleanup_tasks.discard)
 
 
-class _Job:
+class SpeechJob:
+    """One accepted /tts request: the loaded voice, the pending sentences and the minutes reserved for them."""
+
     def __init__(self, svc: TtsService, account: Account, engine: Any, chunks: Iterator[Any], spec: str, text: str,
                  speech_id: str, reservation: Any) -> None:
         self.svc, self.account, self.engine, self.chunks, self.spec = svc, account, engine, chunks, spec
         self.text, self.id, self.reservation = text, speech_id, reservation
         self.record: SpeechRecord | None = None
+        self._started = False  # stream() ran its first step: from then on its own `finally` owns the cleanup
+
+    async def release(self) -> None:
+        """Refunds a job whose stream never started (the client left before the response began).
+
+        A stream that started cleans up after itself; a stream that never ran has no `finally` to run, so the
+        response calls this when it ends, whatever happened, and the reservation cannot leak.
+        """
+        if not self._started and self.record is None:
+            await self.svc.minutes.refund(self.reservation, note="client disconnected before the audio started")
 
     async def stream(self) -> AsyncIterator[bytes]:
         """Yields MP3 bytes per sentence; on normal completion stores the speech and settles."""
         from engines.mp3 import Mp3StreamEncoder
 
+        self._started = True
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue(maxsize=8)
         cancel = threading.Event()
@@ -139,7 +159,9 @@ class _Job:
         completed = False
         producer = loop.run_in_executor(None, produce)
         size = 0
+        self.svc._streaming += 1
         try:
+            buffered = []
             with open(tmp, "wb") as fh:
                 while True:
                     item = await queue.get()
@@ -149,13 +171,27 @@ class _Job:
                         raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
                     fh.write(item)
                     size += len(item)
-                    yield item
+                    buffered.append(item)
+            for item in buffered:
+                yield item
             if samples == 0:
                 raise bad_request("text contains nothing speakable", code="invalid_text")
             duration = samples / sample_rate
-            await self._store(tmp, path, duration, size)
+            # Every byte is out: the bookkeeping must finish even if the client goes away right now, or the
+            # speech would be charged without a row (or the reverse). The shielded task runs to its end.
+            store = asyncio.ensure_future(self._store(tmp, path, duration, size))
             completed = True
+            try:
+                await asyncio.shield(store)
+            except asyncio.CancelledError:
+                self.svc._track(store)
+                raise
+            except BaseException:
+                completed = False  # the database failed: nothing is kept, the reservation goes back
+                path.unlink(missing_ok=True)
+                raise
         finally:
+            self.svc._streaming -= 1
             if not completed:
                 cancel.set()
                 # Drain so a producer blocked on a full queue can see the cancel flag and exit.

@@ -5,10 +5,31 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from server.auth import read_json, require_account
 from server.errors import bad_request
-from server.tts_service import TtsService, speech_json, validate_text
+from server.tts_service import SpeechJob, TtsService, speech_json, validate_text
+
+
+class SpeechStreamResponse(StreamingResponse):
+    """Streams a TTS job and settles its fate deterministically when the response ends.
+
+    When the client disconnects, Starlette abandons the body iterator: a suspended generator would run its
+    cleanup only when garbage-collected, and one that never started would never run it (its reservation would
+    stay taken). Closing it here, then releasing the job, makes "nothing stored, nothing charged" immediate.
+    """
+
+    def __init__(self, job: SpeechJob, headers: dict[str, str]) -> None:
+        super().__init__(job.stream(), media_type="audio/mpeg", headers=headers)
+        self._job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            await self._job.release()
 
 
 def _speed(value: object) -> float:
@@ -40,9 +61,8 @@ async def tts(request: Request) -> Response:
     if body.get("json") is True or str(body.get("json")).lower() == "true":
         record = await job.run_to_end()
         return JSONResponse(speech_json(record.row, full_text=True), headers={"X-Speech-Id": record.id})
-    return StreamingResponse(
-        job.stream(),
-        media_type="audio/mpeg",
+    return SpeechStreamResponse(
+        job,
         headers={
             "X-Speech-Id": job.id,
             "Content-Disposition": f'inline; filename="{job.id}.mp3"',
