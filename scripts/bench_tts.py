@@ -1,15 +1,21 @@
 """Piper TTS latency and throughput: time to first chunk, time to first MP3 byte, total time, real-time factor.
 
     .venv/bin/python scripts/bench_tts.py [--device auto|cpu|cuda] [--voice PATH.onnx] [--repeats N]
+                                          [--http --models-dir DIR]
 
 Each case streams sentences through `Mp3StreamEncoder` exactly like the /tts response does. The baseline
 in the same run is the non-streaming alternative: a server that synthesizes everything before sending
 would deliver its first byte at "total", so `total / first MP3 byte` is what streaming buys.
+
+`--http` also runs the real server (uvicorn on a free local port, a throw-away data directory, the voices in
+`--models-dir`, default `$S7_MODELS_DIR`) and times POST /tts as a client sees it: first byte received and
+last byte received. `HTTP/engine 1st` is the server's overhead on the first byte (auth, minutes, queueing).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -69,6 +75,69 @@ def measure(engine: PiperEngine, text: str) -> Run:
     return Run(first_chunk or total, first_byte, total, samples / engine.sample_rate, size)
 
 
+@dataclass
+class HttpRun:
+    first_byte_s: float
+    total_s: float
+
+
+class LiveServer:
+    """The app under uvicorn in a thread, with an account that has minutes enough for every case."""
+
+    def __init__(self, models_dir: Path, device: str) -> None:
+        import socket
+        import tempfile
+        import threading
+
+        import httpx
+        import uvicorn
+
+        from server.app import create_app
+        from server.settings import Settings
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-tts-")
+        admin = "s7_bench_admin_key_0123456789"
+        settings = Settings(data_dir=Path(self._tmp.name), admin_key=admin, models_dir=models_dir, device=device)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                                     log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        for _ in range(600):  # bounded wait for the socket (model loading happens on the first request)
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit("the server did not start")
+        r = httpx.post(f"{self.url}/accounts", json={"apiKey": admin, "startingMinutes": 10_000}, timeout=30)
+        r.raise_for_status()
+        self.key = r.json()["apiKey"]
+
+    def measure(self, text: str, voice: str) -> HttpRun:
+        import httpx
+
+        body = {"apiKey": self.key, "text": text, "voice": voice}
+        t0 = time.perf_counter()
+        first = None
+        with httpx.stream("POST", f"{self.url}/tts", json=body, timeout=600) as r:
+            r.raise_for_status()
+            for chunk in r.iter_bytes():
+                if chunk and first is None:
+                    first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        return HttpRun(first if first is not None else total, total)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._tmp.cleanup()
+
+
 def pick_device(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -86,7 +155,14 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=3, help="timed runs per case after one warm-up (median shown)"
     )
+    ap.add_argument("--http", action="store_true", help="also time POST /tts through a local server")
+    ap.add_argument(
+        "--models-dir", type=Path, default=os.environ.get("S7_MODELS_DIR"),
+        help="models directory for --http (the voice must be in its piper/ folder); default $S7_MODELS_DIR",
+    )
     args = ap.parse_args()
+    if args.http and not args.models_dir:
+        ap.error("--http needs --models-dir (or S7_MODELS_DIR)")
 
     onnx, cfg = (
         (args.voice, args.voice.with_name(args.voice.name + ".json")) if args.voice else default_voice_paths()
@@ -97,6 +173,9 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     measure(engine, SHORT_TEXT)  # warm-up: first session.run allocates arenas
 
+    server = LiveServer(args.models_dir, device) if args.http else None
+    if server is not None:
+        server.measure(SHORT_TEXT, engine.model)  # warm-up: loads the voice inside the server
     cases = [("short", SHORT_TEXT), ("500 words", long_text(500))]
     print(
         f"voice {engine.model} @ {engine.sample_rate} Hz, device {device}, load {load_s:.2f} s, "
@@ -106,6 +185,8 @@ def main() -> None:
         f"{'case':<10} {'words':>5} {'sent':>4} {'audio s':>8} {'1st chunk s':>11} {'1st MP3 s':>10} "
         f"{'total s':>8} {'RTF':>6} {'total/1st MP3':>13} {'MP3 kB':>7}"
     )
+    if server is not None:
+        header += f" {'HTTP 1st s':>10} {'HTTP total s':>12} {'HTTP/engine 1st':>15}"
     print(header)
     print("-" * len(header))
     summary = []
@@ -117,11 +198,21 @@ def main() -> None:
 
         fc, fb, tot, aud = med("first_chunk_s"), med("first_mp3_byte_s"), med("total_s"), med("audio_s")
         rtf = tot / aud if aud else float("nan")
-        print(
+        row = (
             f"{name:<10} {len(text.split()):>5} {len(split_sentences(text)):>4} {aud:>8.2f} {fc:>11.3f} "
             f"{fb:>10.3f} {tot:>8.2f} {rtf:>6.3f} {tot / fb:>12.1f}x {med('mp3_bytes') / 1000:>7.1f}"
         )
-        summary.append(f"{name}: first MP3 byte {fb * 1000:.0f} ms, RTF {rtf:.3f}")
+        note = f"{name}: first MP3 byte {fb * 1000:.0f} ms, RTF {rtf:.3f}"
+        if server is not None:
+            http = [server.measure(text, engine.model) for _ in range(max(1, args.repeats))]
+            hfb = statistics.median(h.first_byte_s for h in http)
+            htot = statistics.median(h.total_s for h in http)
+            row += f" {hfb:>10.3f} {htot:>12.2f} {hfb / fb:>14.2f}x"
+            note += f", HTTP first byte {hfb * 1000:.0f} ms"
+        print(row)
+        summary.append(note)
+    if server is not None:
+        server.close()
     print(f"summary ({device}): " + "; ".join(summary))
 
 

@@ -88,6 +88,9 @@ class SubtitleJobs:
         from engines.audio import EngineError, probe_duration
 
         self._state.capabilities.require_stt(account)
+        if options.diarize and self._state.models.diarizer_spec() == "off":
+            # Refused now rather than failing later in the worker (the same check /stt makes).
+            raise ApiError(400, "diarization_not_configured", "Speaker diarization is turned off on this server")
         try:
             duration = await asyncio.to_thread(probe_duration, media.path)
         except EngineError as exc:
@@ -204,10 +207,7 @@ class SubtitleJobs:
             )
             text = render(transcript, fmt, options.speaker_labels, options.diarize)
             result_file = f"{job_id}.{fmt.fmt}"
-            # A unique temporary name: a worker that lost a stale job must not collide with its new owner.
-            tmp = self._dir / f"{result_file}.{secrets.token_hex(4)}.part"
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self._dir / result_file)
+            await asyncio.to_thread(self._write_result, result_file, text)
             done = await self._mine(
                 job_id, status="completed", progress=1.0, result_file=result_file, completed_at=time.time(),
                 minutes_used=transcript.minutes_used, duration_ms=int(transcript.duration_s * 1000), error=None,
@@ -227,6 +227,13 @@ class SubtitleJobs:
             await self._fail(row, f"internal error: {type(exc).__name__}")
         finally:
             beat.cancel()
+
+    def _write_result(self, name: str, text: str) -> None:
+        # Written whole, then renamed: a download never sees half a file. The temporary name is unique so a
+        # worker that lost a stale job cannot collide with the job's new owner.
+        tmp = self._dir / f"{name}.{secrets.token_hex(4)}.part"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self._dir / name)
 
     async def _live_reservation(self, row: Any) -> int:
         """The job's reservation, taken again if an interrupted run gave it back.

@@ -161,7 +161,6 @@ class SpeechJob:
         size = 0
         self.svc._streaming += 1
         try:
-            buffered = []
             with open(tmp, "wb") as fh:
                 while True:
                     item = await queue.get()
@@ -171,9 +170,7 @@ class SpeechJob:
                         raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
                     fh.write(item)
                     size += len(item)
-                    buffered.append(item)
-            for item in buffered:
-                yield item
+                    yield item
             if samples == 0:
                 raise bad_request("text contains nothing speakable", code="invalid_text")
             duration = samples / sample_rate

@@ -138,8 +138,13 @@ async def test_mp4_video_and_webvtt(api, testdata: Path) -> None:  # type: ignor
     vtt = parse_subtitles(r.text, "vtt")
     check_cues(vtt, 42, 2, "vtt")
     assert [(c.start_ms, c.end_ms, c.lines) for c in vtt] == [(c.start_ms, c.end_ms, c.lines) for c in cues]
-    # Two 13 s requests: 0.5 min each.
-    assert await api.minutes(key) == pytest.approx(9.0)
+    # The dictionary fields of /stt reach the engine: a made-up spelling of a word in the video wins.
+    assert "goddart" not in words_of(cues)
+    r = await post_subtitle(api, key, video, ctype="video/mp4", customDictionary='["Goddart"]')
+    assert r.status_code == 200, r.text
+    assert "goddart" in words_of(parse_subtitles(r.text))
+    # Three 13 s requests: 0.5 min each.
+    assert await api.minutes(key) == pytest.approx(8.5)
 
 
 async def test_out_of_range_options_are_clamped_and_non_numbers_refused(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
