@@ -69,10 +69,16 @@ async def require_account(request: Request, body: Mapping[str, Any] | None = Non
 
 
 class AdminSessions:
-    """Stateless signed cookies: `<account_id>.<expiry>.<nonce>.<mac>`; the CSRF token is derived from it."""
+    """Signed cookies `<account_id>.<expiry>.<nonce>.<mac>`; the CSRF token is derived from it.
+
+    Validation needs no storage, so any process sharing the secret accepts a session. Sign-out revokes the token
+    in this process (a copied cookie then stops working here at once); other processes keep accepting it until
+    it expires, which is why sessions are short-lived.
+    """
 
     def __init__(self, secret: str) -> None:
         self._secret = (secret or secrets.token_hex(32)).encode()
+        self._revoked: dict[str, int] = {}  # mac -> expiry, pruned as they lapse
 
     def issue(self, account_id: str) -> str:
         payload = f"{account_id}.{int(time.time()) + SESSION_TTL_S}.{secrets.token_hex(8)}"
@@ -85,9 +91,17 @@ class AdminSessions:
         if not secrets.compare_digest(sign(self._secret, payload), mac):
             return None
         account_id, expiry, _nonce = payload.split(".")
-        if not expiry.isdigit() or int(expiry) < time.time():
+        if not expiry.isdigit() or int(expiry) < time.time() or mac in self._revoked:
             return None
         return account_id
+
+    def revoke(self, token: str | None) -> None:
+        """Ends a session (sign-out). Unknown or forged tokens are ignored: there is nothing to end."""
+        if self.account_id(token) is None or token is None:
+            return
+        now = time.time()
+        self._revoked = {m: exp for m, exp in self._revoked.items() if exp >= now}
+        self._revoked[token.rsplit(".", 1)[1]] = int(token.split(".")[1])
 
     def csrf_token(self, token: str) -> str:
         return sign(self._secret, "csrf:" + token)

@@ -34,6 +34,8 @@ async def session(request: Request) -> JSONResponse:
 
 
 async def logout(request: Request) -> JSONResponse:
+    sessions: AdminSessions = request.app.state.admin_sessions
+    sessions.revoke(request.cookies.get(SESSION_COOKIE))
     resp = JSONResponse({"ok": True})
     resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return resp
