@@ -1,0 +1,75 @@
+"""Accounts, keys and the minutes pool on PostgreSQL (`postgresql+asyncpg://`), the database that several server
+processes share: two app instances on one database see the same accounts, and their concurrent reservations
+never drive a balance below zero."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.settings import Settings
+from tests.conftest import ADMIN_KEY, Api
+from tests.pg import PgCluster, pg_cluster
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PgCluster]:
+    with pg_cluster() as cluster:
+        yield cluster
+
+
+@contextlib.asynccontextmanager
+async def app_on(db_url: str, data_dir: Path, models_root: Path) -> AsyncIterator[Api]:
+    from server.app import create_app
+
+    settings = Settings(data_dir=data_dir, admin_key=ADMIN_KEY, models_dir=models_root, database_url=db_url)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            yield Api(app, c, settings)
+
+
+async def test_two_servers_share_accounts_and_never_overdraw(
+    tmp_path: Path, models_root: Path, postgres: PgCluster
+) -> None:
+    db_url = postgres.create_database()
+    async with app_on(db_url, tmp_path / "a", models_root) as a, app_on(db_url, tmp_path / "b", models_root) as b:
+        # One admin account, although both servers started on the empty database with S7_ADMIN_KEY.
+        admin = {"x-api-key": ADMIN_KEY}
+        listed = (await b.client.get("/accounts", headers=admin)).json()["accounts"]
+        assert [x["isAdmin"] for x in listed] == [True]
+
+        acc = await a.account(startingMinutes=3, companyName="Acme d.o.o.", sttApiKey="whisper:tiny.en")
+        # The key created on one server authenticates on the other; only its hash is stored.
+        caps = (await b.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"]})).json()
+        assert caps["minutesRemaining"] == 3.0 and caps["stt"]["model"] == "tiny.en"
+        async with a.app.state.db.connect() as conn:
+            dump = " ".join(str(row) for row in (await conn.exec_driver_sql("select * from accounts")).all())
+        assert acc["apiKey"] not in dump
+        bad = await b.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"] + "x"})
+        assert bad.status_code == 401
+
+        # 20 reservations of 0.5 min from both servers at once against a balance of 3: exactly 6 succeed.
+        pools = [a.app.state.minutes, b.app.state.minutes]
+        results = await asyncio.gather(
+            *[pools[i % 2].reserve(acc["id"], 0.5, kind="stt") for i in range(20)], return_exceptions=True
+        )
+        ok = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(ok) == 6 and all(getattr(e, "status", None) == 402 for e in refused)
+        assert await a.minutes(acc["apiKey"]) == 0.0
+        # Refunds from either server land on the one balance; a second refund changes nothing.
+        await pools[0].refund(ok[0])
+        await pools[1].refund(ok[0])
+        await pools[1].refund(ok[1])
+        assert await b.minutes(acc["apiKey"]) == 1.0
+
+        # Minutes added on one server are visible on the other.
+        r = await b.client.post(f"/accounts/{acc['id']}/minutes", json={"apiKey": ADMIN_KEY, "minutes": 2})
+        assert r.status_code == 200, r.text
+        assert await a.minutes(acc["apiKey"]) == 3.0
