@@ -21,7 +21,13 @@ from server.accounts import AccountService
 from server.auth import AdminSessions
 from server.db import create_schema, make_engine
 from server.engine_specs import STT_ENGINES, TTS_ENGINES, SpecError, resolve
-from server.errors import ApiError, api_error_handler, bad_request, http_error_handler, unhandled_error_handler
+from server.errors import (
+    ApiError,
+    api_error_handler,
+    bad_request,
+    http_error_handler,
+    unhandled_error_handler,
+)
 from server.metrics import Metrics, MetricsMiddleware
 from server.minutes import MinutesPool
 from server.routes import build_routes
@@ -49,9 +55,8 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Inference calls block a thread each while the engines batch them: the default pool (cores + 4)
         # would cap concurrent requests and realtime sessions far below what one batched model serves.
-        from concurrent.futures import ThreadPoolExecutor
-
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=max(32, settings.realtime_max_sessions + 16), thread_name_prefix="s7")

@@ -293,7 +293,7 @@ class SubtitleJobs:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def purge(self, now: float | None = None) -> int:
@@ -340,7 +340,7 @@ class SubtitleJobs:
                 log.exception("purge failed")
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def start(self) -> None:

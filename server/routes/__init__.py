@@ -6,7 +6,17 @@ from starlette.routing import BaseRoute
 
 
 def build_routes() -> list[BaseRoute]:
-    from server.routes import accounts, admin_session, capabilities, realtime, speeches, stt, subtitle, tts, ui
+    from server.routes import (
+        accounts,
+        admin_session,
+        capabilities,
+        realtime,
+        speeches,
+        stt,
+        subtitle,
+        tts,
+        ui,
+    )
 
     out: list[BaseRoute] = []
     for module in (accounts, admin_session, capabilities, stt, tts, speeches, subtitle, realtime, ui):

@@ -7,7 +7,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.auth import SESSION_COOKIE, SESSION_TTL_S, AdminSessions, read_json, require_account, require_admin
+from server.auth import (
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    AdminSessions,
+    read_json,
+    require_account,
+    require_admin,
+)
 from server.errors import forbidden
 
 
