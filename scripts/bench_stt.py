@@ -1,0 +1,327 @@
+"""Speech-to-text throughput: the server's POST /stt path against plain faster-whisper, on the same audio in
+the same run.
+
+    .venv/bin/python scripts/bench_stt.py [--model whisper:base] [--device auto|cpu|cuda] [--minutes 10]
+                                          [--concurrency 1,4,16,64] [--models-dir DIR] [--cpu-threads N]
+                                          [--batch-size N] [--skip-baselines]
+    (on a GPU whose system CUDA lacks cuBLAS 12: scripts/gpu_env.sh .venv/bin/python scripts/bench_stt.py ...)
+
+Every request carries `--minutes` of real speech (the clips under ../shared/testdata/en, concatenated with
+short pauses and repeated). Three paths, each at every concurrency level C (C requests at once):
+
+- server:  the real server (`python -m server.cli serve` in a subprocess on a free port, a throw-away data
+           directory), C concurrent HTTP clients each POSTing the file to /stt. The server batches the
+           30 s windows of all requests into shared CTranslate2 calls.
+- plain:   `faster_whisper.WhisperModel.transcribe` (its sequential 30 s loop), C threads sharing one model.
+- batched: `faster_whisper.BatchedInferencePipeline.transcribe`, C threads sharing one model.
+
+All three run one model replica with the same compute type, beam size 5, VAD and word timestamps (the
+server always aligns words: its segments are cut from them). RTFx is audio seconds per wall second over
+the whole level (C x audio / wall time). On CUDA the peak GPU memory of each path is sampled with
+nvidia-smi (device-wide, so nothing else should run on the GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engines.audio import decode_file  # noqa: E402
+from engines.types import SAMPLE_RATE  # noqa: E402
+
+ADMIN_KEY = "s7_bench_admin_key_0123456789"
+
+
+@dataclass
+class Level:
+    path: str
+    concurrency: int
+    audio_s: float  # per request
+    wall_s: float
+    words: float  # mean words per request: the paths did comparable work
+    peak_gpu_mib: float | None
+
+    @property
+    def rtfx(self) -> float:
+        return self.concurrency * self.audio_s / self.wall_s
+
+
+# ---------------------------------------------------------------- data
+
+
+def bench_audio(testdata: Path, minutes: float) -> np.ndarray:
+    """The English test clips with 0.6 s pauses, repeated to `minutes` of 16 kHz mono audio."""
+    clips = sorted((testdata / "en").glob("*.wav")) + sorted((testdata / "en").glob("*.flac"))
+    if not clips:
+        sys.exit(f"no test audio under {testdata}/en (set S7_TESTDATA)")
+    gap = np.zeros(int(0.6 * SAMPLE_RATE), np.float32)
+    pieces = [p for c in clips for p in (decode_file(c), gap)]
+    one = np.concatenate(pieces)
+    want = int(minutes * 60 * SAMPLE_RATE)
+    return np.tile(one, want // one.size + 1)[:want]
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+# ---------------------------------------------------------------- GPU memory
+
+
+class GpuPeak:
+    """Peak device memory in use (MiB) while the block runs, from nvidia-smi every 100 ms."""
+
+    def __init__(self, enabled: bool, index: int = 0) -> None:
+        self.enabled = enabled and shutil.which("nvidia-smi") is not None
+        self.index = index
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> float | None:
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", f"--id={self.index}", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return float(out.splitlines()[0])
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            v = self._read()
+            if v is not None:
+                self.peak = v if self.peak is None else max(self.peak, v)
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> GpuPeak:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# ---------------------------------------------------------------- the server path
+
+
+class Server:
+    """The real server in a subprocess, so the clients' Python does not share its interpreter."""
+
+    def __init__(self, models_dir: Path, device: str, model: str, cpu_threads: int, batch_size: int) -> None:
+        import socket
+
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench_stt_")
+        env = {
+            **os.environ, "S7_DATA_DIR": self._tmp.name, "S7_MODELS_DIR": str(models_dir), "S7_PORT": str(port),
+            "S7_ADMIN_KEY": ADMIN_KEY, "S7_DEVICE": device, "S7_DEFAULT_STT": model, "S7_LOG_LEVEL": "warning",
+            "S7_CPU_THREADS": str(cpu_threads), "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000",
+        }
+        self.url = f"http://127.0.0.1:{port}"
+        self._proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                sys.exit(f"the server exited with {self._proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            self.close()
+            sys.exit("the server did not start within 120 s")
+        r = httpx.post(f"{self.url}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 1e8, "sttApiKey": model},
+                       timeout=30)
+        r.raise_for_status()
+        self.key = r.json()["apiKey"]
+
+    def run(self, data: bytes, concurrency: int) -> tuple[float, list[str]]:
+        import httpx
+
+        async def one(client: httpx.AsyncClient) -> str:
+            r = await client.post("/stt", headers={"x-api-key": self.key}, files={"audio": ("bench.wav", data, "audio/wav")})
+            if r.status_code != 200:
+                raise RuntimeError(f"/stt answered {r.status_code}: {r.text[:300]}")
+            return str(r.json()["text"])
+
+        async def level() -> tuple[float, list[str]]:
+            limits = httpx.Limits(max_connections=concurrency + 1)
+            async with httpx.AsyncClient(base_url=self.url, timeout=7200, limits=limits) as client:
+                t0 = time.perf_counter()
+                texts = await asyncio.gather(*(one(client) for _ in range(concurrency)))
+                return time.perf_counter() - t0, list(texts)
+
+        return asyncio.run(level())
+
+    def close(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._tmp.cleanup()
+
+
+# ---------------------------------------------------------------- faster-whisper baselines
+
+
+def threaded(fn: Callable[[], str], concurrency: int) -> tuple[float, list[str]]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        t0 = time.perf_counter()
+        futures = [pool.submit(fn) for _ in range(concurrency)]
+        texts = [f.result() for f in futures]
+        return time.perf_counter() - t0, texts
+
+
+def baseline_fns(model_dir: Path, device: str, compute_type: str, cpu_threads: int, batch_size: int,
+                 audio: np.ndarray) -> tuple[object, dict[str, Callable[[], str]]]:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    wm = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=cpu_threads, num_workers=1)
+    pipe = BatchedInferencePipeline(model=wm)
+
+    def plain() -> str:
+        segments, _ = wm.transcribe(audio, beam_size=5, vad_filter=True, word_timestamps=True)
+        return " ".join(s.text.strip() for s in segments)
+
+    def batched() -> str:
+        segments, _ = pipe.transcribe(audio, beam_size=5, batch_size=batch_size, word_timestamps=True)
+        return " ".join(s.text.strip() for s in segments)
+
+    return wm, {"plain": plain, "batched": batched}
+
+
+# ---------------------------------------------------------------- main
+
+
+def pick_device(requested: str) -> str:
+    import ctranslate2
+
+    has_cuda = ctranslate2.get_cuda_device_count() > 0
+    if requested == "cuda" and not has_cuda:
+        sys.exit("--device cuda, but CTranslate2 sees no CUDA device (try scripts/gpu_env.sh)")
+    return requested if requested != "auto" else ("cuda" if has_cuda else "cpu")
+
+
+def mean_words(texts: Sequence[str]) -> float:
+    return sum(len(t.split()) for t in texts) / max(1, len(texts))
+
+
+def print_table(levels: Sequence[Level], header: str) -> None:
+    print(header)
+    print(f"{'path':<8} {'conc':>5} {'audio/req s':>11} {'wall s':>8} {'RTFx':>8} {'words/req':>9} {'peak GPU MiB':>12}")
+    for lv in levels:
+        gpu = f"{lv.peak_gpu_mib:.0f}" if lv.peak_gpu_mib is not None else "-"
+        print(f"{lv.path:<8} {lv.concurrency:>5} {lv.audio_s:>11.1f} {lv.wall_s:>8.2f} {lv.rtfx:>8.1f} "
+              f"{lv.words:>9.0f} {gpu:>12}")
+
+
+def summary(levels: Sequence[Level]) -> str:
+    by = {(lv.path, lv.concurrency): lv.rtfx for lv in levels}
+    parts = []
+    for c in sorted({lv.concurrency for lv in levels}):
+        s = by.get(("server", c))
+        cells = [f"server {s:.1f}x" if s else ""]
+        for base in ("plain", "batched"):
+            b = by.get((base, c))
+            if s and b:
+                cells.append(f"{s / b:.2f}x {base}")
+        parts.append(f"C={c}: " + ", ".join(x for x in cells if x))
+    return "SUMMARY (RTFx, server vs faster-whisper) " + " | ".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="whisper:base", help="whisper:<name> under <models-dir>/whisper/")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--minutes", type=float, default=10.0, help="minutes of audio per request")
+    ap.add_argument("--concurrency", default="1,4,16,64", help="comma-separated concurrency levels")
+    ap.add_argument("--models-dir", type=Path, default=Path(os.environ.get("S7_MODELS_DIR", REPO / ".cache" / "models")))
+    ap.add_argument("--testdata", type=Path, default=Path(os.environ.get("S7_TESTDATA", REPO.parent / "shared" / "testdata")))
+    ap.add_argument("--cpu-threads", type=int, default=0, help="CTranslate2 intra threads (0: its default)")
+    ap.add_argument("--batch-size", type=int, default=0, help="max batch (0: 16 on CUDA, 8 on CPU)")
+    ap.add_argument("--skip-baselines", action="store_true", help="only the server path")
+    args = ap.parse_args()
+
+    model = args.model if args.model.startswith("whisper:") else f"whisper:{args.model}"
+    model_dir = args.models_dir / "whisper" / model.split(":", 1)[1]
+    if not (model_dir / "model.bin").is_file():
+        sys.exit(f"{model_dir}/model.bin is missing: install the model (scripts/models) or pass --models-dir")
+    levels_c = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    device = pick_device(args.device)
+    compute_type = "float16" if device == "cuda" else "int8"
+    batch = args.batch_size or (16 if device == "cuda" else 8)
+    audio = bench_audio(args.testdata, args.minutes)
+    audio_s = audio.size / SAMPLE_RATE
+    print(f"# {model} on {device} ({compute_type}), {audio_s:.0f} s of audio per request, batch {batch}, "
+          f"concurrency {levels_c}", flush=True)
+
+    results: list[Level] = []
+    with tempfile.TemporaryDirectory(prefix="bench_stt_audio_") as tmp:
+        wav = Path(tmp) / "bench.wav"
+        write_wav(wav, audio)
+        data = wav.read_bytes()
+        write_wav(Path(tmp) / "warm.wav", audio[: 5 * SAMPLE_RATE])  # loads the model before the clock runs
+        warm = (Path(tmp) / "warm.wav").read_bytes()
+        with GpuPeak(device == "cuda") as gpu:
+            server = Server(args.models_dir, device, model, args.cpu_threads, batch)
+            try:
+                server.run(warm, 1)
+                for c in levels_c:
+                    wall, texts = server.run(data, c)
+                    results.append(Level("server", c, audio_s, wall, mean_words(texts), gpu.peak))
+                    print(f"  server  C={c}: {wall:.2f} s", flush=True)
+            finally:
+                server.close()
+
+    if not args.skip_baselines:
+        time.sleep(1.0)  # let the server's GPU memory go before sampling the next path
+        with GpuPeak(device == "cuda") as gpu:
+            wm, fns = baseline_fns(model_dir, device, compute_type, args.cpu_threads, batch, audio)
+            fns["plain"]()  # warm-up (lazy initialisation on first call)
+            for name, fn in fns.items():
+                for c in levels_c:
+                    wall, texts = threaded(fn, c)
+                    results.append(Level(name, c, audio_s, wall, mean_words(texts), gpu.peak))
+                    print(f"  {name:<7} C={c}: {wall:.2f} s", flush=True)
+            del wm
+
+    print()
+    print_table(results, f"{model} on {device}: RTFx = audio seconds per wall second (C requests of {audio_s:.0f} s at once)")
+    print(summary(results))
+
+
+if __name__ == "__main__":
+    main()
