@@ -28,7 +28,7 @@ TARGET_DBFS = -30.0
 EMBED_DIM = 256
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
     f = np.asarray(f, dtype=np.float64)
     mel = f / (200.0 / 3)

@@ -1,0 +1,136 @@
+"""The built-in diarizer: Silero VAD -> GE2E d-vectors on sliding windows -> spectral clustering -> Viterbi
+re-segmentation at 0.1 s. Needs only the GE2E weights from the `resemblyzer` wheel, so it works air-gapped.
+
+Windows slide over speech only (the VAD spans played back to back), so no embedding is diluted by silence
+and each step of the window grid is speech of somebody. Clustering uses 1.5 s windows (GE2E was trained on
+1.6 s partials and is unreliable much below 1 s); refinement scores shorter windows against the speakers'
+centroids and lets a Viterbi pass with a change penalty place the boundaries (refine.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engines.diarization.clustering import SpeakerCountHint, centroids, cluster, normalize_rows
+from engines.diarization.ge2e import HOP, Ge2eEncoder, normalize_volume
+from engines.diarization.refine import labels_to_turns, viterbi
+from engines.types import SAMPLE_RATE, DiarizationRequest, DiarizationResult, EngineError, ProgressFn
+
+if TYPE_CHECKING:
+    import torch
+
+FRAME_S = HOP / SAMPLE_RATE  # 10 ms mel frames
+
+
+class BuiltinDiarizer:
+    engine = "builtin"
+    model = "ge2e"
+
+    # Tuned on ../shared/testdata/diarization (see tests/test_diarization.py for the DER they reach).
+    window_frames = 150  # 1.5 s clustering windows
+    step_frames = 25  # every 0.25 s of speech
+    refine_window_frames = 100  # 1.0 s windows scored every 0.1 s
+    refine_step_frames = 10
+    refine_iterations = 2
+    switch_penalty = 0.3  # cosine-similarity units: a change must beat staying by 0.3 summed over 0.1 s steps
+    min_speech_s = 0.5  # less speech than this has no speaker worth reporting
+    bridge_gap_s = 0.3
+    min_turn_s = 0.2
+    batch_size = 256
+
+    def __init__(self, weights: str | Path, device: str = "cpu") -> None:
+        import torch
+
+        # The server resolves "cuda" from CTranslate2's view; a CPU-only torch build must still work.
+        self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        self._torch = torch
+        self.encoder = Ge2eEncoder(weights, device=self.device)
+
+    # ------------------------------------------------------------------ public
+    def diarize(self, request: DiarizationRequest, progress: ProgressFn | None = None) -> DiarizationResult:
+        report = progress or (lambda _f: None)
+        audio = np.asarray(request.audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise EngineError("diarization expects mono audio")
+        report(0.0)
+        spans = self._speech(audio)
+        report(0.1)
+        speech_s = sum(e - s for s, e in spans)
+        if speech_s < self.min_speech_s:
+            report(1.0)
+            return DiarizationResult(turns=(), num_speakers=0)
+
+        mels = self.encoder.mel_frames(normalize_volume(audio))
+        frames = _speech_frames(spans, int(mels.shape[0]))
+        speech_mels = mels[self._torch.as_tensor(frames, device=self.device)]
+        n = len(frames)
+
+        starts = _window_starts(n, self.window_frames, self.step_frames)
+        emb = self._embed(speech_mels, starts, self.window_frames, report, 0.1, 0.45)
+        hint = SpeakerCountHint(request.num_speakers, request.min_speakers, request.max_speakers)
+        labels = cluster(emb, hint, overlap=-(-self.window_frames // self.step_frames))
+        report(0.5)
+
+        centres = np.minimum(starts + self.window_frames // 2, n - 1)
+        fine_centres = np.arange(self.refine_step_frames // 2, n, self.refine_step_frames)
+        fine_starts = np.clip(
+            fine_centres - self.refine_window_frames // 2, 0, max(0, n - self.refine_window_frames)
+        )
+        fine = self._embed(speech_mels, fine_starts, self.refine_window_frames, report, 0.5, 0.9)
+        fine_labels = labels[np.abs(centres[None, :] - fine_centres[:, None]).argmin(axis=1)]
+        k = int(labels.max()) + 1
+        for _ in range(self.refine_iterations if k > 1 else 0):
+            cents = centroids(fine, fine_labels, k)
+            fine_labels = viterbi(normalize_rows(fine) @ cents.T, self.switch_penalty)
+        report(0.95)
+
+        times = frames[fine_centres] * FRAME_S
+        span_s = [(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in spans]
+        turns = labels_to_turns(
+            span_s,
+            times,
+            fine_labels,
+            self.refine_step_frames * FRAME_S,
+            max_gap=self.bridge_gap_s,
+            min_turn=self.min_turn_s,
+        )
+        report(1.0)
+        return DiarizationResult(turns=tuple(turns), num_speakers=len({t.speaker for t in turns}))
+
+    # ------------------------------------------------------------------ steps
+    def _speech(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        from engines.vad import speech_spans
+
+        if audio.size < SAMPLE_RATE // 10 or float(np.max(np.abs(audio))) < 1e-4:
+            return []  # Silero needs some signal; digital silence has no speakers anyway
+        return speech_spans(audio)
+
+    def _embed(
+        self, mels: torch.Tensor, starts: np.ndarray, width: int, report: ProgressFn, lo: float, hi: float
+    ) -> np.ndarray:
+        """Embeddings in slices, so long recordings report progress between `lo` and `hi`."""
+        out = []
+        chunk = self.batch_size * 4
+        for i in range(0, len(starts), chunk):
+            out.append(self.encoder.embed_windows(mels, starts[i : i + chunk], width, self.batch_size))
+            report(lo + (hi - lo) * min(1.0, (i + chunk) / max(1, len(starts))))
+        return np.concatenate(out) if out else np.zeros((0, 256), dtype=np.float32)
+
+
+def _speech_frames(spans: list[tuple[int, int]], n_frames: int) -> np.ndarray:
+    """Indices of the mel frames inside speech, in time order (the speech-only timeline)."""
+    parts = [np.arange(s // HOP, min(n_frames, -(-e // HOP))) for s, e in spans]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _window_starts(n: int, width: int, step: int) -> np.ndarray:
+    """Window starts covering 0..n; one (zero-padded) window when there is less than a window of speech."""
+    if n <= width:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, n - width + 1, step)
+    if starts[-1] + width < n:  # cover the tail too
+        starts = np.append(starts, n - width)
+    return starts

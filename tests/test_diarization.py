@@ -1,0 +1,152 @@
+"""Built-in diarizer: DER on real recordings against their RTTM, count hints, silence; clustering units.
+
+DER thresholds sit a few points above what the diarizer measured (scripts/bench_diarization.py, CPU,
+collar 0.25 s): sample 1.6 %, dev00 6.8 %, dev01 6.7 %. Only three 30 s clips exist to tune and test on,
+so these numbers are optimistic for meetings in general; they guard against regressions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.diarization.clustering import (
+    SpeakerCountHint,
+    cluster,
+    merge_similar,
+    silhouette,
+    spectral_labels,
+)
+from engines.diarization.refine import labels_to_turns, viterbi
+
+MEASURED_DER = {"sample": 0.016, "dev00": 0.068, "dev01": 0.067}
+DER_LIMIT = {"sample": 0.06, "dev00": 0.11, "dev01": 0.11}
+
+
+# ---------------------------------------------------------------- pure units
+
+
+def _voices(
+    sizes: list[int], dim: int = 64, spread: float = 0.35, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic d-vectors: one random direction per voice plus noise, sharing a common component
+    as GE2E's all-positive outputs do; consecutive rows of a voice, like windows of a turn."""
+    rng = np.random.default_rng(seed)
+    common = np.abs(rng.normal(size=dim))
+    rows, truth = [], []
+    for v, n in enumerate(sizes):
+        centre = common + 1.0 * rng.normal(size=dim)
+        rows.append(centre + spread * rng.normal(size=(n, dim)) * np.linalg.norm(centre) / np.sqrt(dim))
+        truth += [v] * n
+    return np.concatenate(rows), np.array(truth)
+
+
+@pytest.mark.parametrize("sizes", [[40, 30], [30, 25, 35], [20, 20, 20, 20]])
+def test_spectral_finds_the_voices(sizes):
+    emb, truth = _voices(sizes)
+    labels = cluster(emb)
+    assert labels.max() + 1 == len(sizes)
+    assert np.array_equal(labels, truth)  # both numbered by first appearance
+
+
+def test_one_voice_stays_one():
+    emb, _ = _voices([80], spread=0.5)
+    assert set(cluster(emb).tolist()) == {0}
+
+
+def test_count_hints():
+    emb, _ = _voices([30, 30, 30])
+    assert cluster(emb, SpeakerCountHint(num=2)).max() + 1 == 2
+    assert cluster(emb, SpeakerCountHint(max=2)).max() + 1 == 2
+    one, _ = _voices([60], spread=0.5)
+    assert cluster(one, SpeakerCountHint(min=2)).max() + 1 == 2
+    assert cluster(one, SpeakerCountHint(num=5)).max() + 1 == 5
+    assert spectral_labels(emb[:1]).tolist() == [0] and len(spectral_labels(emb[:0])) == 0
+    assert SpeakerCountHint(num=9).bounds(3) == (3, 3) and SpeakerCountHint(min=4, max=2).bounds(10) == (2, 2)
+
+
+def test_silhouette_and_merge():
+    emb, truth = _voices([30, 30])
+    assert silhouette(emb, truth) > 0.2
+    assert silhouette(emb, np.arange(60) % 2) < 0.05
+    same = np.repeat(np.eye(4)[:1], 10, axis=0) + 0.01
+    assert merge_similar(same, np.array([0] * 5 + [1] * 5)).tolist() == [0] * 10
+
+
+def test_viterbi_penalty_smooths_flicker():
+    scores = np.array([[1.0, 0.0]] * 5 + [[0.4, 0.6]] + [[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 6)
+    assert viterbi(scores, 0.0)[5] == 1
+    path = viterbi(scores, 0.5)
+    assert path.tolist() == [0] * 11 + [1] * 6
+
+
+def test_labels_to_turns_cuts_bridges_and_renumbers():
+    times = np.arange(0.05, 4.0, 0.1)
+    labels = np.array([1] * 20 + [0] * 20)
+    turns = labels_to_turns([(0.0, 1.5), (1.6, 4.0)], times, labels, 0.1, max_gap=0.3)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [(0.0, 2.0, 0), (2.0, 4.0, 1)]
+    assert labels_to_turns([(0.0, 1.0)], times, labels, 0.1, min_turn=2.0) == []
+
+
+# ---------------------------------------------------------------- the real diarizer
+
+
+@pytest.fixture(scope="module")
+def diarizer(ge2e_weights):
+    from engines.diarization.builtin import BuiltinDiarizer
+
+    return BuiltinDiarizer(ge2e_weights, device="cpu")
+
+
+def _clip(testdata, name):
+    from engines.audio import decode_file
+    from engines.diarization.der import read_rttm
+
+    d = testdata / "diarization"
+    return decode_file(d / f"{name}.wav"), [
+        t for turns in read_rttm(d / f"{name}.rttm").values() for t in turns
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sample", "dev00", "dev01"])
+def test_der_on_reference_clips(diarizer, testdata, name):
+    from engines.diarization.der import diarization_error_rate
+    from engines.types import SAMPLE_RATE, DiarizationRequest
+
+    audio, ref = _clip(testdata, name)
+    seen: list[float] = []
+    result = diarizer.diarize(DiarizationRequest(audio), seen.append)
+    hyp = [(t.start, t.end, str(t.speaker)) for t in result.turns]
+    der = diarization_error_rate(ref, hyp, collar=0.25, region=(0.0, len(audio) / SAMPLE_RATE))
+    assert der.der <= DER_LIMIT[name], f"{name}: {der} (measured {MEASURED_DER[name]:.1%})"
+    assert result.num_speakers == 2
+    assert [t.speaker for t in result.turns][0] == 0 and seen[-1] == 1.0 and seen == sorted(seen)
+
+
+@pytest.mark.slow
+def test_speaker_count_hints_on_real_audio(diarizer, testdata):
+    from engines.types import DiarizationRequest
+
+    audio, _ = _clip(testdata, "dev01")
+    assert diarizer.diarize(DiarizationRequest(audio, num_speakers=1)).num_speakers == 1
+    assert diarizer.diarize(DiarizationRequest(audio, num_speakers=3)).num_speakers <= 3
+    assert diarizer.diarize(DiarizationRequest(audio, max_speakers=1)).num_speakers == 1
+
+
+@pytest.mark.slow
+def test_one_reader_is_one_speaker(diarizer, testdata):
+    from engines.audio import decode_file
+    from engines.types import DiarizationRequest
+
+    audio = np.concatenate([decode_file(testdata / "en" / f"LJ001-000{i}.wav") for i in (1, 2, 3, 4)])
+    assert diarizer.diarize(DiarizationRequest(audio)).num_speakers == 1
+
+
+@pytest.mark.slow
+def test_empty_and_silent_audio_give_no_turns(diarizer):
+    from engines.types import DiarizationRequest
+
+    for audio in (np.zeros(0, np.float32), np.zeros(16000 * 5, np.float32), np.full(8000, 1e-6, np.float32)):
+        result = diarizer.diarize(DiarizationRequest(audio))
+        assert result.turns == () and result.num_speakers == 0
