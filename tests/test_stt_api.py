@@ -7,7 +7,6 @@ Most accounts run Whisper tiny.en to keep CI fast; language and translation case
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import AsyncIterator
@@ -351,11 +350,9 @@ async def test_dictionary_fixes_german_terms_too(api, testdata: Path) -> None:  
     assert "Prophet" in fixed["text"] and "Profit" not in fixed["text"], fixed["text"]
 
 
-# ---------------------------------------------------------------- diarization (its engines come from another issue)
+# ---------------------------------------------------------------- diarization
 
 
-@pytest.mark.skipif(importlib.util.find_spec("engines.diarization.builtin") is None,
-                    reason="the builtin diarizer is not in this tree")
 async def test_diarized_response_uses_speaker_labels(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
     key = await account(api)
     r = await post_stt(api, key, testdata / "diarization" / "sample.wav", enableSpeakerDiarization="true",

@@ -3,7 +3,6 @@ limits, billing, speaker labels. The account runs Whisper tiny.en to keep CI fas
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import re
 from dataclasses import dataclass
@@ -209,9 +208,6 @@ async def test_not_enough_minutes_is_402(api, testdata: Path) -> None:  # type: 
     assert r.status_code == 402, r.text
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("engines.diarization.builtin") is None, reason="built-in diarizer not written yet"
-)
 async def test_speaker_labels_with_diarization(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
     """With diarization on, a cue starts with the speaker's label whenever the speaker changes (and only then),
     using speakerNLabel names; the speakers are the ones /stt reports for the same file."""
