@@ -153,3 +153,41 @@ def test_silence_and_missing_directory(diarizer, tmp_path):
     )
     with pytest.raises(ModelMissingError):  # names a hub model: offline, so it must fail, not download
         PyannoteDiarizer(tmp_path / "hub")
+
+
+@pytest.mark.slow
+async def test_server_selects_the_pyannote_pipeline(tmp_path, models_root, testdata):
+    """`S7_DEFAULT_DIARIZER=pyannote:NAME` with the pipeline under models/pyannote/NAME: capabilities name it
+    and /stt diarizes through it."""
+    import httpx
+
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.conftest import ADMIN_KEY, Api
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for child in models_root.iterdir():  # the bundled models, shared read-only
+        (models / child.name).symlink_to(child)
+    build_random_pipeline(models / "pyannote" / "random-community")
+    settings = Settings(
+        data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models, default_diarizer="pyannote:random-community"
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=300) as c:
+            api = Api(app, c, settings)
+            key = (await api.account(sttApiKey="whisper:tiny.en"))["apiKey"]
+            caps = (await c.get("/account/capabilities", headers={"x-api-key": key})).json()
+            assert caps["diarization"]["engine"] == "pyannote" and caps["diarization"]["model"] == "random-community"
+            assert caps["diarization"]["configured"] is True
+            with open(testdata / "en" / "jfk.flac", "rb") as fh:
+                r = await c.post(
+                    "/stt", headers={"x-api-key": key}, data={"enableSpeakerDiarization": "true"},
+                    files={"audio": ("jfk.flac", fh, "audio/flac")},
+                )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert "country" in body["text"].lower()
+            labels = {s["label"] for s in body["speakers"]}
+            assert labels and all(e["speaker"] in labels for e in body["transcript"])
