@@ -23,9 +23,11 @@ from engines.local_agreement import (
     DecodePolicy,
     agreed_prefix_len,
     next_action,
+    normalize_word,
     skip_committed,
     words_leaving_window,
 )
+from engines.stream_audio import AudioBuffer, SpeechTracker
 from engines.types import SAMPLE_RATE, EngineError, StreamOptions, StreamToken, StreamUpdate
 
 MAX_WINDOW_S = 28.0  # Whisper hears at most 30 s
@@ -46,107 +48,6 @@ class _Word:
     start: int  # samples from stream start
     end: int
     probability: float
-
-
-class _AudioBuffer:
-    """Growable float32 buffer addressed by absolute sample index; appends are O(frame)."""
-
-    def __init__(self) -> None:
-        self._data = np.zeros(SAMPLE_RATE * 8, dtype=np.float32)
-        self.start = 0  # absolute index of _data[0]
-        self.end = 0  # absolute index after the last sample
-
-    def append(self, pcm: np.ndarray) -> None:
-        used = self.end - self.start
-        if used + len(pcm) > len(self._data):
-            grown = np.zeros(max(2 * len(self._data), used + len(pcm)), dtype=np.float32)
-            grown[:used] = self._data[:used]
-            self._data = grown
-        self._data[used : used + len(pcm)] = pcm
-        self.end += len(pcm)
-
-    def view(self, start: int, end: int) -> np.ndarray:
-        start = max(start, self.start)
-        return self._data[start - self.start : max(start, end) - self.start]
-
-    def trim(self, before: int) -> None:
-        """Forget audio before `before` (absolute)."""
-        drop = min(before, self.end) - self.start
-        if drop > 0:
-            used = self.end - self.start
-            self._data[: used - drop] = self._data[drop:used]
-            self.start += drop
-
-
-class _SpeechTracker:
-    """Silero VAD run incrementally (the LSTM state is carried across calls): speech runs in samples."""
-
-    WINDOW = 512  # Silero's frame at 16 kHz
-    CONTEXT = 64
-
-    def __init__(self, threshold: float = 0.5, min_speech_s: float = 0.1) -> None:
-        from faster_whisper.vad import get_vad_model
-
-        self._session: Any = get_vad_model().session  # shared onnxruntime session; run() is thread-safe
-        self._h = np.zeros((1, 1, 128), dtype=np.float32)
-        self._c = np.zeros((1, 1, 128), dtype=np.float32)
-        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
-        self._on = threshold
-        self._off = max(threshold - 0.15, 0.01)  # hysteresis, as faster-whisper's VAD does
-        self._min_speech = int(min_speech_s * SAMPLE_RATE)
-        self.processed = 0  # samples the VAD has seen
-        self._open: list[int] | None = None  # [start, end] of the run in progress
-        self.last_speech_end = -1  # end of the last speech run long enough to count
-        self._runs: list[tuple[int, int]] = []  # finished runs, pruned with the buffer
-
-    def update(self, buffer: _AudioBuffer) -> None:
-        n = (buffer.end - self.processed) // self.WINDOW
-        if n <= 0:
-            return
-        audio = buffer.view(self.processed, self.processed + n * self.WINDOW).reshape(n, self.WINDOW)
-        contexts = np.concatenate([self._context[None, :], audio[:-1, -self.CONTEXT :]], axis=0)
-        batch = np.concatenate([contexts, audio], axis=1)
-        probs, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
-        self._context = audio[-1, -self.CONTEXT :].copy()
-        for p in np.asarray(probs).reshape(-1):
-            self._step(float(p))
-
-    def _step(self, p: float) -> None:
-        start, end = self.processed, self.processed + self.WINDOW
-        self.processed = end
-        if self._open is None:
-            if p >= self._on:
-                self._open = [start, end]
-        elif p >= self._off:
-            self._open[1] = end
-        else:
-            self._close()
-        if self._open is not None and self._open[1] - self._open[0] >= self._min_speech:
-            self.last_speech_end = self._open[1]
-
-    def _close(self) -> None:
-        assert self._open is not None
-        if self._open[1] - self._open[0] >= self._min_speech:  # shorter blips are clicks, not speech
-            self._runs.append((self._open[0], self._open[1]))
-        self._open = None
-
-    @property
-    def in_speech(self) -> bool:
-        return self._open is not None and self._open[1] - self._open[0] >= self._min_speech
-
-    def trailing_silence(self) -> int:
-        return 0 if self.in_speech else self.processed - max(self.last_speech_end, 0)
-
-    def speech_start_after(self, sample: int) -> int | None:
-        """Start (clipped to `sample`) of the first counted speech after `sample`, None if none yet."""
-        runs = self._runs + ([tuple(self._open)] if self.in_speech and self._open else [])
-        for s, e in runs:
-            if e > sample:
-                return max(s, sample)
-        return None
-
-    def prune(self, before: int) -> None:
-        self._runs = [r for r in self._runs if r[1] > before]
 
 
 class WhisperStream:
@@ -174,8 +75,8 @@ class WhisperStream:
         self._speaker_fn = speaker_fn
         self._policy = DecodePolicy(min_chunk_s=min_chunk_s, endpoint_silence_s=options.endpoint_silence_s)
         self._context_s = context_s
-        self._buf = _AudioBuffer()
-        self._vad = _SpeechTracker()
+        self._buf = AudioBuffer()
+        self._vad = SpeechTracker()
         self._window_start = 0  # audio before this is final: committed words or skipped silence
         self._committed_end = 0  # end of the last committed word
         self._anchor = 0  # decode windows start here: <= window start, on a committed word boundary
@@ -235,10 +136,9 @@ class WhisperStream:
                 updates.append(self._update(final, endpoint=True))
                 final = []
             if last:
-                break
-        if final or not updates:
-            updates.append(self._update(final))
-        return updates
+                if not endpoint:  # after an endpoint nothing is pending: its update is the last
+                    updates.append(self._update(final))
+                return updates
 
     def finish(self) -> StreamUpdate:
         """Finalize every pending word; the stream accepts no more audio."""
@@ -255,7 +155,7 @@ class WhisperStream:
     def _step(self, pcm: np.ndarray, *, may_decode: bool) -> tuple[list[StreamToken], bool]:
         """One step of audio: the new final tokens and whether an endpoint ended the utterance."""
         self._buf.append(pcm)
-        if self._buf.end - self._vad.processed >= 2 * _SpeechTracker.WINDOW:
+        if self._buf.end - self._vad.processed >= 2 * SpeechTracker.WINDOW:
             self._vad.update(self._buf)
         action = next_action(self._facts(), self._policy)
         if action is Action.WAIT:
@@ -267,6 +167,10 @@ class WhisperStream:
             return (self._decode_and_agree() if may_decode else []), False
         final = self._end_utterance()
         endpoint = self._options.enable_endpoint_detection and self._utt_words > 0
+        if self._utt_words:
+            # After a pause the prompt no longer helps: small models continue it instead ("Thank you.")
+            # when the next utterance's first second is all they hear.
+            self._prompt = ""
         self._new_utterance(self._window_start)
         return final, endpoint
 
@@ -303,7 +207,7 @@ class WhisperStream:
         """A pause (or finish): decode what was not decoded yet and finalize everything."""
         speech = self._vad.speech_start_after(self._window_start) is not None
         if self._buf.end > self._last_decode_at and (self._pending or speech):
-            words = self._decode()
+            words = _keep_pending_words(self._pending, self._decode())
         else:
             words = self._pending
         final = self._commit(words)
@@ -319,7 +223,9 @@ class WhisperStream:
         hypothesis = self._decode()
         n = agreed_prefix_len([w.text for w in self._pending], [w.text for w in hypothesis])
         final += self._commit(hypothesis[:n])
-        self._pending = hypothesis[n:]
+        # A hypothesis that lost words keeps the lost ones pending: the next decode may confirm them, and
+        # an utterance that ends before it does still has them.
+        self._pending = self._clamped(_keep_pending_words(self._pending, hypothesis)[n:])
         return final
 
     def _force_commit_if_too_long(self) -> list[StreamToken]:
@@ -451,6 +357,33 @@ class WhisperStream:
             total_audio_proc_ms=_ms(self._buf.end),
             endpoint=endpoint,
         )
+
+
+def _keep_pending_words(pending: list[_Word], fresh: list[_Word]) -> list[_Word]:
+    """The unconfirmed words after a decode: the fresh hypothesis, unless it only lost words.
+
+    A fresh decode hears all the audio the pending words came from and more, yet Whisper (small models
+    most of all, on a short window after a prompt) sometimes skips words: "can do for your country."
+    comes back as "country.". When the fresh words are the pending ones with some missing (then
+    possibly new words after them), the pending words stay: the next decode may confirm them, and an
+    utterance that ends first still has them. A fresh word that contradicts them means Whisper heard
+    something else, and the fresh hypothesis wins as LocalAgreement has it.
+    """
+    if len(fresh) >= len(pending):
+        return fresh
+    keys = [normalize_word(w.text) for w in pending]
+    matched, i = 0, 0
+    for w in fresh:  # the longest start of `fresh` found in order inside `pending`
+        key = normalize_word(w.text)
+        while i < len(keys) and keys[i] != key:
+            i += 1
+        if i == len(keys):
+            break
+        matched, i = matched + 1, i + 1
+    rest = fresh[matched:]
+    if (fresh and not matched) or (rest and rest[0].start < pending[-1].end):
+        return fresh
+    return pending + rest
 
 
 def _ms(samples: int) -> int:

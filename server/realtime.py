@@ -40,9 +40,10 @@ def token_json(t: Any) -> dict[str, Any]:
     return out
 
 
-def update_message(update: StreamUpdate) -> dict[str, Any]:
+def update_message(update: StreamUpdate, *, endpoint_token: bool = True) -> dict[str, Any]:
+    """Soniox's shape; an endpoint becomes an "<end>" token after the utterance's final words."""
     tokens = [token_json(t) for t in update.tokens]
-    if update.endpoint:
+    if update.endpoint and endpoint_token:
         tokens.append({"text": "<end>", "start_ms": update.final_audio_proc_ms, "end_ms": update.final_audio_proc_ms,
                        "confidence": 1.0, "is_final": True})
     return {"tokens": tokens, "final_audio_proc_ms": update.final_audio_proc_ms,
@@ -56,10 +57,13 @@ class RealtimeSession:
         self.config = config
         self.send = send
         self.reservation: Reservation | None = None
-        self.samples = 0
+        self.samples = 0  # handed to the engine (minutes are reserved ahead of this)
+        self.received = 0  # decoded from the client's frames: what a session is billed for
         self._pending: list[np.ndarray] = []
         self._have_audio = asyncio.Event()
         self._finalize = False
+        self._last_partial: tuple[Any, ...] = ()  # non-final tokens of the last message sent
+        self._counted = False  # holds one of the server's realtime session slots
         self.two_way: TwoWay | None = None
 
     @property
@@ -72,6 +76,7 @@ class RealtimeSession:
 
         sel = self.state.capabilities.require_stt(self.account)
         cfg = self.config
+        self._take_slot()
         if cfg.two_way:
             assert cfg.language_a and cfg.language_b
             pairs = await asyncio.to_thread(self.state.capabilities.translation_pairs)
@@ -86,10 +91,17 @@ class RealtimeSession:
             raise ConfigError(f"two-way translation needs a multilingual STT model; this account uses {sel.model}")
         hints = cfg.stt.language_hints or ((cfg.language_a, cfg.language_b) if cfg.two_way else ())
         if not engine.multilingual:
+            if hints and "en" not in hints:  # as POST /stt: an English-only model cannot serve other languages
+                raise ConfigError(
+                    f"this account's STT model {sel.model!r} is English-only; language_hints {', '.join(h for h in hints if h)} "
+                    "need a multilingual model"
+                )
             hints = ()
         options = StreamOptions(
             language_hints=tuple(h for h in hints if h), task="transcribe", terms=cfg.stt.terms,
-            enable_language_identification=cfg.language_identification and engine.multilingual,
+            enable_language_identification=cfg.language_identification,
+            # Two-way translation translates per utterance, so it needs the pauses even when the client
+            # did not ask for "<end>" tokens (those are then left out of the messages).
             enable_endpoint_detection=cfg.endpoint_detection or cfg.two_way,
         )
         speaker_fn = None
@@ -117,6 +129,7 @@ class RealtimeSession:
         self._have_audio.set()
 
     def _push(self, pcm: np.ndarray) -> None:
+        self.received += len(pcm)
         if len(pcm):
             self._pending.append(pcm)
             self._have_audio.set()
@@ -139,8 +152,8 @@ class RealtimeSession:
                 self.samples += len(pcm)
                 if self.two_way:
                     self.two_way.add_audio(pcm)
-                update = await asyncio.to_thread(self.stream.accept, pcm)
-                await self._emit(update)
+                for update in await asyncio.to_thread(self._accept, pcm):
+                    await self._emit(update)
             if self._finalize and not self._pending:
                 update = await asyncio.to_thread(self.stream.finish)
                 await self._emit(update, final=True)
@@ -149,23 +162,46 @@ class RealtimeSession:
                                  "total_audio_proc_ms": update.total_audio_proc_ms})
                 return
 
+    def _accept(self, pcm: np.ndarray) -> list[StreamUpdate]:
+        """Everything that piled up, in one call; WhisperStream reports each endpoint inside it separately."""
+        accept_all = getattr(self.stream, "accept_all", None)
+        return accept_all(pcm) if accept_all is not None else [self.stream.accept(pcm)]
+
     async def _emit(self, update: StreamUpdate, final: bool = False) -> None:
-        msg = update_message(update)
+        """Sends an update unless it repeats the last message (same non-final words, nothing final)."""
+        has_final = update.endpoint or any(t.is_final for t in update.tokens)
+        if not has_final and update.tokens == self._last_partial and not final:
+            return
+        had_partial = bool(self._last_partial)
+        self._last_partial = tuple(t for t in update.tokens if not t.is_final)
+        msg = update_message(update, endpoint_token=self.config.endpoint_detection)
         if self.two_way is not None:
             msg.update(await self.two_way.update(update, flush=final))
-        if msg["tokens"] or self.two_way is not None or final:
+        # An empty token list still goes out when it withdraws non-final words the client shows.
+        if msg["tokens"] or self.two_way is not None or had_partial:
             await self.send(msg)
+
+    def _take_slot(self) -> None:
+        """At most `realtime_max_sessions` sessions per server process; each holds a worker thread."""
+        active = getattr(self.state, "realtime_sessions", 0)
+        if active >= self.state.settings.realtime_max_sessions:
+            raise ApiError(503, "too_many_sessions", "Too many realtime sessions on this server; try again later")
+        self.state.realtime_sessions = active + 1
+        self._counted = True
 
     async def close(self) -> None:
         """Settles what was streamed (realtime audio is billed as it is consumed, disconnects included)."""
+        if self._counted:
+            self.state.realtime_sessions -= 1
+            self._counted = False
         if getattr(self, "decoder", None) is not None:
-            try:
-                await asyncio.to_thread(self.decoder.close)
-            except EngineError:
-                pass
+            # Finalized sessions closed it already; a client gone mid-stream leaves bytes nobody will hear.
+            await asyncio.to_thread(self.decoder.abort)
         if self.reservation is not None:
-            seconds = self.samples / SAMPLE_RATE
-            if self.samples:
+            # A client that leaves mid-stream pays for the audio it sent, processed or not; settle() never
+            # charges more than the balance covers.
+            seconds = max(self.samples, self.received) / SAMPLE_RATE
+            if seconds:
                 await self.minutes.settle(self.reservation, quantize_minutes(seconds), audio_seconds=seconds)
                 self.state.metrics.add_audio("realtime", seconds)
             else:

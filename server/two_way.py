@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.types import SAMPLE_RATE, SttRequest, StreamUpdate, TranslationRequest
+from engines.types import SAMPLE_RATE, StreamUpdate, SttRequest, TranslationRequest
 
 log = logging.getLogger("speech7.two_way")
 KEEP_AUDIO_S = 120.0

@@ -107,6 +107,32 @@ def test_decode_policy():
     assert next_action(facts(new_audio_s=1.9, last_decode_cost_s=1.5), policy) is Action.DECODE
 
 
+def test_a_decode_that_only_lost_words_keeps_them_pending():
+    from engines.streaming import _keep_pending_words, _Word
+
+    def ws(*spec: tuple[str, int, int]) -> list[_Word]:
+        return [_Word(t, s, e, 0.9) for t, s, e in spec]
+
+    def texts(words: list[_Word]) -> list[str]:
+        return [w.text for w in words]
+
+    pending = ws((" can", 0, 10), (" do", 10, 20), (" for", 20, 30), (" your", 30, 40), (" country.", 40, 50))
+    # Whisper skipped words on a short window: the pending words stay, then what it heard after them.
+    assert _keep_pending_words(pending, ws((" country.", 0, 55))) == pending
+    assert texts(_keep_pending_words(pending, ws((" Your", 0, 45), (" country", 45, 55), (" Thank", 60, 70)))) == [
+        *texts(pending), " Thank"]
+    assert _keep_pending_words(pending, ws((" can", 0, 10), (" do", 10, 20))) == pending
+    assert _keep_pending_words(pending, []) == pending
+    # A fresh word that contradicts them wins, as does a decode with as many words or more.
+    other = ws((" Printing.", 0, 40))
+    assert _keep_pending_words(pending, other) == other
+    other = ws((" can", 0, 10), (" go", 10, 20))
+    assert _keep_pending_words(pending, other) == other
+    fresh = ws((" can", 0, 10), (" do", 10, 20), (" for", 20, 30), (" you", 30, 40), (" country,", 40, 50))
+    assert _keep_pending_words(pending, fresh) == fresh
+    assert _keep_pending_words([], fresh) == fresh
+
+
 # ---------------------------------------------------------------- real models
 
 
@@ -225,3 +251,24 @@ def test_language_identification_tags_tokens_and_respects_hints(base, testdata: 
         open_stream(base, enable_language_identification=True, language_hints=("en", "fr")), audio
     )
     assert {t.language for t in finals([*updates, last])} <= {"en", "fr"}
+
+
+@pytest.mark.slow
+def test_a_backlog_in_one_chunk_still_ends_utterances_at_their_pauses(tiny, testdata: Path):
+    """A busy server hands a session seconds of audio at once: the pause inside still ends the utterance,
+    and the endpoint comes between the two utterances' words, not after both."""
+    first = load(testdata / "en" / "LJ001-0002.wav")  # "in being comparatively modern."
+    second = load(testdata / "en" / "LJ001-0008.wav")  # "has never been surpassed."
+    audio = np.concatenate([first, np.zeros(int(1.5 * SAMPLE_RATE), dtype=np.float32), second])
+    stream = open_stream(tiny, enable_endpoint_detection=True)
+    updates = stream.accept_all(audio)
+    assert [u.endpoint for u in updates] == [True, False]
+    head = "".join(t.text for t in updates[0].tokens)
+    assert all(t.is_final for t in updates[0].tokens)
+    assert wer("in being comparatively modern.", head) < 0.25, head
+    assert updates[0].total_audio_proc_ms < updates[1].total_audio_proc_ms == len(audio) * 1000 // SAMPLE_RATE
+    tail = "".join(t.text for t in [*updates[1].tokens, *stream.finish().tokens] if t.is_final)
+    assert wer("has never been surpassed.", tail) < 0.25, tail
+    # accept() merges the same updates: the endpoint is still reported.
+    merged = open_stream(tiny, enable_endpoint_detection=True).accept(audio)
+    assert merged.endpoint and "comparatively" in "".join(t.text for t in merged.tokens if t.is_final)

@@ -32,7 +32,8 @@ async def realtime(ws: WebSocket) -> None:
         first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
         if first["type"] == "websocket.disconnect":
             return
-        raw = first.get("text") if first.get("text") is not None else (first.get("bytes") or b"").decode("utf-8", "replace")
+        text = first.get("text")
+        raw: str = text if text is not None else (first.get("bytes") or b"").decode("utf-8", "replace")
         config = parse_config(json.loads(raw))
 
         async def send(msg: dict) -> None:
@@ -73,7 +74,7 @@ async def realtime(ws: WebSocket) -> None:
         await ws.close()
     except WebSocketDisconnect:
         pass
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await _fail(ws, {"error_code": 408, "error_message": "no config message received"})
     except Exception as exc:
         if not isinstance(exc, (ApiError, json.JSONDecodeError)):

@@ -89,7 +89,7 @@ async function createAccount(event) {
     document.getElementById("new-key-value").textContent = created.apiKey;
     box.hidden = false;
     const who = created.companyName || created.contactName || created.id;
-    setStatus(status, "ok", `Created ${who} with ${formatMinutes(created.minutes)} minutes.`);
+    setStatus(status, "ok", `Account ${created.id} (${who}) created with ${formatMinutes(created.minutes)} minutes.`);
     await loadAccounts();
   });
 }

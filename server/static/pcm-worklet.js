@@ -9,7 +9,9 @@ class PcmS16leProcessor extends AudioWorkletProcessor {
     // Input samples per output sample; the box average over each step is a cheap anti-alias filter, which is
     // enough for speech recognition (energy above 8 kHz carries little speech information).
     this.step = sampleRate / this.targetRate;
-    this.frame = new Int16Array(opts.frameSamples || 1600);
+    // Kept apart from the frame: a transferred buffer is detached, and a detached array's length reads 0.
+    this.frameSamples = opts.frameSamples || 1600;
+    this.frame = new Int16Array(this.frameSamples);
     this.filled = 0;
     this.pos = 0;
     this.sum = 0;
@@ -22,11 +24,11 @@ class PcmS16leProcessor extends AudioWorkletProcessor {
     const v = Math.max(-1, Math.min(1, value));
     this.frame[this.filled++] = v < 0 ? v * 0x8000 : v * 0x7fff;
     this.energy += v * v;
-    if (this.filled === this.frame.length) {
+    if (this.filled === this.frameSamples) {
       const pcm = this.frame.buffer;
-      const level = Math.sqrt(this.energy / this.frame.length);
-      this.port.postMessage({ pcm, level }, [pcm]);
-      this.frame = new Int16Array(this.frame.length);
+      const level = Math.sqrt(this.energy / this.frameSamples);
+      this.port.postMessage({ pcm, level }, [pcm]); // transferred, not copied: the audio thread stays cheap
+      this.frame = new Int16Array(this.frameSamples);
       this.filled = 0;
       this.energy = 0;
     }

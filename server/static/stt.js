@@ -16,8 +16,10 @@ export function sttFormData(f) {
   data.append("audio", file, file.name);
   const hints = f.elements.languageHints.value.trim();
   if (hints) data.append("languageHints", hints);
-  const terms = f.elements.transcriptionTerms.value.trim();
-  if (terms) data.append("transcriptionTerms", terms);
+  for (const name of ["transcriptionTerms", "translationTerms"]) {
+    const v = f.elements[name].value.trim();
+    if (v) data.append(name, v); // the server parses JSON or the `a, b; c` / `a=b` shorthand
+  }
   if (f.elements.enableSpeakerDiarization.checked) {
     data.append("enableSpeakerDiarization", "true");
     for (const name of ["speaker1Label", "speaker2Label"]) {

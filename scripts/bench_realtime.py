@@ -1,0 +1,323 @@
+"""Concurrent realtime STT sessions against a live server: how far final words lag behind the audio clock.
+
+    .venv/bin/python scripts/bench_realtime.py [--streams 1,2,4,8] [--seconds 30] [--model whisper:tiny.en]
+                                               [--device auto|cpu|cuda] [--models-dir DIR] [--max-p95 1.0]
+    .venv/bin/python scripts/bench_realtime.py --url http://host:8080 --key KEY ...   # an already running server
+
+Without `--url` the script starts `python -m server.cli serve` (a throw-away data directory, the models in
+`--models-dir`, default `$S7_MODELS_DIR`) and creates an account whose `sttApiKey` is `--model`.
+
+Each level N opens N WebSocket sessions at once (starts spread over one second), each streaming real speech
+from `../shared/testdata` (clips joined with short pauses, so endpoints happen) as 16 kHz s16le in 100 ms
+frames at the pace a microphone records them, then the empty frame. For every message the client notes
+the arrival time against the stream's own audio clock (the moment the sample at `end_ms` was sent):
+
+- final lag: arrival of a final word minus the audio time its end was sent (what a caption display waits);
+- partial lag: the same for the last non-final word of each message (how live the greyed text is);
+- update interval: time between successive token messages while audio flows;
+- WER of the joined final words against the clips' reference texts.
+
+A level passes when every session finished and the p95 final lag is below `--max-p95`; the summary names
+the largest passing N. Levels stop at the first failure unless `--all`.
+
+Expect a floor even on an idle GPU: a word becomes final when a second decode agrees with the first
+(LocalAgreement-2, one decode per second of new audio), or 0.8 s into a pause (endpoint), so final lag is
+about 1-2 s whatever the hardware; load shows as lag growing with N beyond that floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RATE = 16000
+FRAME_S = 0.1
+GAP_S = 0.8  # pause between clips: a little over the endpoint silence, as between sentences
+# (audio file, reference text file); librispeech_1272-128104-0000.flac is left out: its audio is utterance
+# 0001, not the text beside it.
+CLIPS = ["en/jfk", *(f"en/LJ001-{i:04d}" for i in range(1, 11)), "en/librispeech_2412-153948-0000"]
+
+
+# ---------------------------------------------------------------- audio and scoring
+
+
+def _load(path: Path) -> np.ndarray:
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    if sr != RATE:
+        g = gcd(sr, RATE)
+        mono = resample_poly(mono, RATE // g, sr // g)
+    return mono.astype(np.float32)
+
+
+def _find(testdata: Path, stem: str) -> Path:
+    for ext in (".flac", ".wav"):
+        if (testdata / (stem + ext)).is_file():
+            return testdata / (stem + ext)
+    raise SystemExit(f"missing test audio {testdata / stem}.*")
+
+
+def build_streams(testdata: Path, count: int, seconds: float) -> list[tuple[bytes, str]]:
+    """`count` programmes of at least `seconds`: clips in rotated order, so streams differ; s16le + reference."""
+    clips = [(_load(_find(testdata, c)), (testdata / f"{c}.txt").read_text().strip()) for c in CLIPS]
+    gap = np.zeros(int(GAP_S * RATE), dtype=np.float32)
+    out = []
+    for i in range(count):
+        parts, refs, total, k = [], [], 0.0, i
+        while total < seconds:
+            audio, ref = clips[k % len(clips)]
+            parts += [audio, gap]
+            refs.append(ref)
+            total += len(audio) / RATE + GAP_S
+            k += 1
+        pcm = np.clip(np.concatenate(parts), -1.0, 32767 / 32768) * 32768
+        out.append((pcm.astype("<i2").tobytes(), " ".join(refs)))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    ref, hyp = _words(reference), _words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(len(ref), 1)
+
+
+# ---------------------------------------------------------------- one session
+
+
+@dataclass
+class Result:
+    final_lags: list[float] = field(default_factory=list)
+    partial_lags: list[float] = field(default_factory=list)
+    intervals: list[float] = field(default_factory=list)
+    text: str = ""
+    reference: str = ""
+    finish_s: float = 0.0  # empty frame sent -> finished message
+    error: str | None = None
+
+
+async def run_session(ws_url: str, pcm: bytes, reference: str, delay: float) -> Result:
+    import websockets
+
+    res = Result(reference=reference)
+    frame = int(FRAME_S * RATE) * 2
+    await asyncio.sleep(delay)
+    config = {"audio_format": "pcm_s16le", "sample_rate": RATE, "num_channels": 1, "enable_endpoint_detection": True}
+    try:
+        async with websockets.connect(ws_url, max_size=None, open_timeout=60, proxy=None) as ws:
+            await ws.send(json.dumps(config))
+            t0 = time.monotonic()  # audio clock: sample s was sent at t0 + s / RATE
+            sent_all: list[float] = []
+
+            async def send() -> None:
+                for k, i in enumerate(range(0, len(pcm), frame)):
+                    await asyncio.sleep(max(0.0, t0 + k * FRAME_S - time.monotonic()))
+                    await ws.send(pcm[i : i + frame])
+                sent_all.append(time.monotonic())
+                await ws.send(b"")
+
+            sender = asyncio.create_task(send())
+            last_update = None
+            async for raw in ws:
+                now = time.monotonic()
+                msg = json.loads(raw)
+                if "error_code" in msg:
+                    res.error = f"{msg['error_code']} {msg.get('error_message')}"
+                    break
+                if msg.get("finished"):
+                    res.finish_s = now - sent_all[0] if sent_all else 0.0
+                    break
+                tokens = [t for t in msg.get("tokens", []) if t["text"] != "<end>"]
+                for t in tokens:
+                    if t["is_final"]:
+                        res.final_lags.append(now - (t0 + t["end_ms"] / 1000))
+                        res.text += t["text"]
+                pending = [t for t in tokens if not t["is_final"]]
+                if pending:
+                    res.partial_lags.append(now - (t0 + pending[-1]["end_ms"] / 1000))
+                if tokens and not sent_all:
+                    if last_update is not None:
+                        res.intervals.append(now - last_update)
+                    last_update = now
+            sender.cancel()
+            if res.error is None and not res.finish_s:
+                res.error = f"closed without finishing (code {ws.close_code})"
+    except Exception as exc:  # a refused or dropped session is a result of the level, not a crash
+        res.error = f"{type(exc).__name__}: {exc}"
+    return res
+
+
+async def run_level(ws_url: str, programmes: list[tuple[bytes, str]], n: int, seed: int) -> list[Result]:
+    rng = random.Random(seed)
+    return list(await asyncio.gather(*(
+        run_session(ws_url, pcm, ref, rng.uniform(0.0, 1.0)) for pcm, ref in programmes[:n]
+    )))
+
+
+# ---------------------------------------------------------------- the server
+
+
+class Server:
+    """`speech7 serve` in a subprocess (its own interpreter: the client's event loop does not share a GIL
+    with the decoding), or an existing server given by URL and key."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import httpx
+
+        self.proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if args.url:
+            self.url, self.key = args.url.rstrip("/"), args.key
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
+            admin = "s7_bench_realtime_admin_0123456789"
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env = {**os.environ, "S7_HOST": "127.0.0.1", "S7_PORT": str(port), "S7_DATA_DIR": self._tmp.name,
+                   "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir), "S7_DEVICE": args.device,
+                   "S7_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1"}
+            self.log = Path(self._tmp.name) / "server.log"
+            with self.log.open("wb") as out:
+                self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env,
+                                             stdout=out, stderr=subprocess.STDOUT)
+            self.url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while not self._healthy():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the server did not start:\n{self.log.read_text()[-3000:]}")
+                time.sleep(0.2)  # readiness poll of a starting subprocess
+            body = {"apiKey": admin, "startingMinutes": 100_000, "companyName": "bench", "sttApiKey": args.model}
+            r = httpx.post(f"{self.url}/accounts", json=body, timeout=30)
+            if r.status_code != 201:
+                raise SystemExit(f"could not create the bench account: {r.status_code} {r.text}")
+            self.key = r.json()["apiKey"]
+        self.health = httpx.get(f"{self.url}/healthz", timeout=10).json()
+        caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
+        self.stt = caps.get("stt") or {}
+
+    def _healthy(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + f"/stt/realtime?apiKey={self.key}"
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# ---------------------------------------------------------------- report
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", default="1,2,4,8", help="concurrency levels, comma-separated")
+    ap.add_argument("--seconds", type=float, default=30.0, help="audio per stream (whole clips, at least this)")
+    ap.add_argument("--model", default="whisper:tiny.en", help="the bench account's sttApiKey")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--models-dir", type=Path, default=os.environ.get("S7_MODELS_DIR"))
+    ap.add_argument("--testdata", type=Path, default=REPO.parent / "shared" / "testdata")
+    ap.add_argument("--url", help="an already running server (then --key is needed)")
+    ap.add_argument("--key", help="API key for --url")
+    ap.add_argument("--max-p95", type=float, default=1.0, help="pass threshold on the p95 final lag, seconds")
+    ap.add_argument("--all", action="store_true", help="run every level even after one fails")
+    args = ap.parse_args()
+    if args.url and not args.key:
+        ap.error("--url needs --key")
+    if not args.url and not args.models_dir:
+        ap.error("--models-dir (or S7_MODELS_DIR) is needed to start a server")
+    levels = sorted({int(x) for x in args.streams.split(",") if x.strip()})
+    if not levels or levels[0] < 1:
+        ap.error("--streams must list positive integers")
+
+    programmes = build_streams(args.testdata, max(levels), args.seconds)
+    server = Server(args)
+    try:
+        device = server.health.get("device") or server.stt.get("device") or "?"
+        model = server.stt.get("model") or args.model
+        print(f"server {server.url}: device {device}, STT {model}, ~{args.seconds:.0f} s of speech per stream, "
+              f"{FRAME_S * 1000:.0f} ms frames paced in real time")
+        # Warm-up: the first session loads the model; its timing is not part of any level.
+        warm = asyncio.run(run_level(server.ws_url, [(programmes[0][0][: RATE * 2 * 3], "")], 1, 0))
+        if warm[0].error:
+            raise SystemExit(f"warm-up session failed: {warm[0].error}")
+        head = (f"{'N':>3} {'ok':>5} {'final lag med':>13} {'p95':>6} {'partial lag med':>15} {'p95':>6} "
+                f"{'update every':>12} {'finish':>7} {'WER':>6}")
+        print(head)
+        print("-" * len(head))
+        best, tried = 0, []
+        for n in levels:
+            results = asyncio.run(run_level(server.ws_url, programmes, n, seed=n))
+            tried.append(n)
+            ok = [r for r in results if r.error is None]
+            final = [x for r in ok for x in r.final_lags]
+            partial = [x for r in ok for x in r.partial_lags]
+            intervals = [x for r in ok for x in r.intervals]
+            werr = statistics.mean(wer(r.reference, r.text) for r in ok) if ok else float("nan")
+            finish = statistics.median(r.finish_s for r in ok) if ok else float("nan")
+            print(f"{n:>3} {len(ok):>2}/{n:<2} {pct(final, 50):>12.2f}s {pct(final, 95):>5.2f}s "
+                  f"{pct(partial, 50):>14.2f}s {pct(partial, 95):>5.2f}s {pct(intervals, 50):>11.2f}s "
+                  f"{finish:>6.2f}s {werr:>6.3f}")
+            for r in results:
+                if r.error:
+                    print(f"    session error: {r.error}")
+            passed = len(ok) == n and bool(final) and pct(final, 95) < args.max_p95
+            if passed:
+                best = n
+            elif not args.all:
+                break
+        verdict = f"max N = {best}" if best else "no level passed"
+        print(f"summary ({device}, {model}): {verdict} with p95 final-token lag < {args.max_p95:g} s "
+              f"(levels tried: {','.join(map(str, tried))})")
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
