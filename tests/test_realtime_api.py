@@ -205,6 +205,32 @@ def test_concurrent_sessions_share_one_model(server: Server, testdata: Path) -> 
     assert server.capabilities(key)["minutesRemaining"] == 3.5  # three sessions, one quantum each
 
 
+def test_a_stalled_client_does_not_hold_up_another(server: Server, testdata: Path) -> None:
+    """One client sends a burst of audio and then neither sends nor reads; another session on the same model
+    still runs to the end, and the stalled one is freed when its client goes."""
+    import json
+
+    from websockets.sync.client import connect
+
+    key = server.account(sttApiKey="whisper:tiny.en", startingMinutes=5)
+    config = {"audio_format": "pcm_s16le", "sample_rate": SAMPLE_RATE}
+    burst = s16(load(testdata / "diarization" / "sample.wav"))
+    with connect(f"{server.ws_url}?apiKey={key}", proxy=None, open_timeout=30) as stalled:
+        stalled.send(json.dumps(config))
+        for chunk in frames(burst, 32000):
+            stalled.send(chunk)
+        reference = (testdata / "en" / "LJ001-0008.txt").read_text()
+        other = run_session(server, key, config, frames(s16(load(testdata / "en" / "LJ001-0008.wav")), 3200))
+        assert_finished(other)
+        assert wer(reference, other.text()) < 0.3, other.text()
+        assert getattr(server.app.state, "realtime_sessions", 0) >= 1  # the stalled session is still open
+    for _ in range(300):  # bounded wait for the server's cleanup after the stalled client leaves
+        if not getattr(server.app.state, "realtime_sessions", 0):
+            break
+        threading.Event().wait(0.1)
+    assert getattr(server.app.state, "realtime_sessions", 0) == 0
+
+
 # ---------------------------------------------------------------- two-way translation
 
 
