@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import socket
 import statistics
 import subprocess
@@ -44,6 +43,8 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
+
+from engines.wer import wer
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -94,18 +95,6 @@ def build_streams(testdata: Path, count: int, seconds: float) -> list[tuple[byte
     return out
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
 
 
 # ---------------------------------------------------------------- one session

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -70,18 +69,6 @@ def random_chunks(data: bytes, rng: random.Random, largest: int) -> list[bytes]:
     return out
 
 
-def words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
 
 # ---------------------------------------------------------------- the server and a client
 

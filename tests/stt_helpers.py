@@ -4,7 +4,6 @@ time from a real clip with PyAV (every container and codec a client may send).""
 from __future__ import annotations
 
 import fractions
-import re
 import wave
 from pathlib import Path
 from typing import cast
@@ -20,19 +19,6 @@ from engines.types import SAMPLE_RATE
 CONTENT_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".mp4": "video/mp4"}
 
 
-def words_of(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
 
 
 async def account(api, model: str = "tiny.en", **fields) -> str:  # type: ignore[no-untyped-def]

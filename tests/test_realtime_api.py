@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from engines.types import SAMPLE_RATE
+from engines.wer import wer, words
 from tests.realtime_helpers import (
     ADMIN_KEY,
     Server,
@@ -29,8 +30,6 @@ from tests.realtime_helpers import (
     random_chunks,
     run_session,
     s16,
-    wer,
-    words,
 )
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from math import gcd
 from pathlib import Path
@@ -20,6 +19,7 @@ from engines.local_agreement import (
     words_leaving_window,
 )
 from engines.types import SAMPLE_RATE, StreamOptions, StreamToken, StreamUpdate
+from engines.wer import wer
 
 FRAME = SAMPLE_RATE // 10  # 100 ms, as a browser microphone sends
 
@@ -33,14 +33,6 @@ def load(path: Path) -> np.ndarray:
     return resample_poly(audio.mean(axis=1), SAMPLE_RATE // g, rate // g).astype(np.float32)
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = (re.sub(r"[^\w\s']", " ", t.lower()).split() for t in (reference, hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
 
 
 def stream_all(stream, audio: np.ndarray, frame: int = FRAME) -> tuple[list[StreamUpdate], StreamUpdate]:

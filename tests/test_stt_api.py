@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from engines.wer import wer
+from engines.wer import words as words_of
 from tests.stt_helpers import (
     CLIP,
     CONTAINERS,
@@ -23,8 +25,6 @@ from tests.stt_helpers import (
     leftover_uploads,
     make_media,
     post_stt,
-    wer,
-    words_of,
 )
 
 pytestmark = pytest.mark.slow
