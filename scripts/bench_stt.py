@@ -3,7 +3,7 @@ the same run.
 
     .venv/bin/python scripts/bench_stt.py [--model whisper:base] [--device auto|cpu|cuda] [--minutes 10]
                                           [--concurrency 1,4,16,64] [--models-dir DIR] [--cpu-threads N]
-                                          [--batch-size N] [--skip-baselines]
+                                          [--batch-size N] [--repeat N] [--skip-baselines]
     (on a GPU whose system CUDA lacks cuBLAS 12: scripts/gpu_env.sh .venv/bin/python scripts/bench_stt.py ...)
 
 Every request carries `--minutes` of real speech (the clips under ../shared/testdata/en, concatenated with
@@ -17,14 +17,17 @@ short pauses and repeated). Three paths, each at every concurrency level C (C re
 
 All three run one model replica with the same compute type, beam size 5, VAD and word timestamps (the
 server always aligns words: its segments are cut from them). RTFx is audio seconds per wall second over
-the whole level (C x audio / wall time). On CUDA the peak GPU memory of each path is sampled with
-nvidia-smi (device-wide, so nothing else should run on the GPU).
+the whole level (C x audio / wall time); with `--repeat N` each level runs N times and the median wall
+time counts (on a shared or noisy machine single runs differ by 10-20 %). Each path is warmed up with one
+full request first. On CUDA the peak GPU memory of each path is sampled with nvidia-smi (device-wide, so
+nothing else should run on the GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -205,6 +208,16 @@ def threaded(fn: Callable[[], str], concurrency: int) -> tuple[float, list[str]]
         return time.perf_counter() - t0, texts
 
 
+def repeated(run: Callable[[], tuple[float, list[str]]], times: int) -> tuple[float, list[str]]:
+    """The median wall time of `times` runs, with the texts of the last."""
+    walls: list[float] = []
+    texts: list[str] = []
+    for _ in range(max(1, times)):
+        wall, texts = run()
+        walls.append(wall)
+    return float(np.median(walls)), texts
+
+
 def baseline_fns(model_dir: Path, device: str, compute_type: str, cpu_threads: int, batch_size: int,
                  audio: np.ndarray) -> tuple[object, dict[str, Callable[[], str]]]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -272,6 +285,7 @@ def main() -> None:
     ap.add_argument("--testdata", type=Path, default=Path(os.environ.get("S7_TESTDATA", REPO.parent / "shared" / "testdata")))
     ap.add_argument("--cpu-threads", type=int, default=0, help="CTranslate2 intra threads (0: its default)")
     ap.add_argument("--batch-size", type=int, default=0, help="max batch (0: 16 on CUDA, 8 on CPU)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per level; the median wall time counts")
     ap.add_argument("--skip-baselines", action="store_true", help="only the server path")
     args = ap.parse_args()
 
@@ -293,14 +307,15 @@ def main() -> None:
         wav = Path(tmp) / "bench.wav"
         write_wav(wav, audio)
         data = wav.read_bytes()
-        write_wav(Path(tmp) / "warm.wav", audio[: 5 * SAMPLE_RATE])  # loads the model before the clock runs
-        warm = (Path(tmp) / "warm.wav").read_bytes()
         with GpuPeak(device == "cuda") as gpu:
             server = Server(args.models_dir, device, model, args.cpu_threads, batch)
             try:
-                server.run(warm, 1)
+                # Warm-up with one full request, as the baselines get below: the first request of a size
+                # pays for loading the model and growing the allocator's pools (~20 % on CPU), which a 5 s
+                # clip does not cover and which would be charged to the first timed level.
+                server.run(data, 1)
                 for c in levels_c:
-                    wall, texts = server.run(data, c)
+                    wall, texts = repeated(functools.partial(server.run, data, c), args.repeat)
                     results.append(Level("server", c, audio_s, wall, mean_words(texts), gpu.peak))
                     print(f"  server  C={c}: {wall:.2f} s", flush=True)
             finally:
@@ -310,10 +325,11 @@ def main() -> None:
         time.sleep(1.0)  # let the server's GPU memory go before sampling the next path
         with GpuPeak(device == "cuda") as gpu:
             wm, fns = baseline_fns(model_dir, device, compute_type, args.cpu_threads, batch, audio)
-            fns["plain"]()  # warm-up (lazy initialisation on first call)
+            for fn in fns.values():  # warm-up, one full request per path (lazy initialisation, pools)
+                fn()
             for name, fn in fns.items():
                 for c in levels_c:
-                    wall, texts = threaded(fn, c)
+                    wall, texts = repeated(functools.partial(threaded, fn, c), args.repeat)
                     results.append(Level(name, c, audio_s, wall, mean_words(texts), gpu.peak))
                     print(f"  {name:<7} C={c}: {wall:.2f} s", flush=True)
             del wm

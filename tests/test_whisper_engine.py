@@ -197,6 +197,21 @@ def test_language_hints_force_or_restrict(base: WhisperEngine, testdata: Path) -
 
 
 @pytest.mark.slow
+def test_language_detection_needs_no_extra_model_call(base: WhisperEngine, testdata: Path) -> None:
+    """The language is read from the first chunk's own encoder output in its decoding batch: a one-chunk
+    request (file or realtime window) is one batch item, not a detection item plus a decoding item."""
+    audio, _ = clip(testdata, "de/recorded_sample_01.wav")
+    before = base.batch_stats()
+    result = base.transcribe(SttRequest(audio))
+    window = base.transcribe_window(audio)
+    after = base.batch_stats()
+    assert result.language == window.language == "de"
+    assert result.language_probability == pytest.approx(window.language_probability, abs=0.02)
+    assert result.language_probability > 0.8
+    assert (after.items - before.items, after.batches - before.batches) == (2, 2)
+
+
+@pytest.mark.slow
 def test_translate_task_gives_english(base: WhisperEngine, testdata: Path) -> None:
     audio, _ = clip(testdata, "de/recorded_sample_01.wav")  # "Das Teilen eines Benutzerkontos ist ..."
     result = base.transcribe(SttRequest(audio, task="translate"))
