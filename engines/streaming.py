@@ -1,6 +1,6 @@
 """Realtime speech-to-text over Whisper: re-decode the unconfirmed tail, confirm by LocalAgreement-2.
 
-`WhisperStream` keeps the audio from the end of the last confirmed word. Every `min_chunk_s` of new
+`WhisperStream` keeps the audio from the end of the last confirmed word. Every `decode_interval_s` of new
 audio that contains speech it re-decodes that tail (one <= 30 s Whisper window, the confirmed text as
 prompt) and confirms the words that the previous hypothesis agrees on; the rest is reported as
 non-final. Silero VAD, run incrementally, lets silence pass without decoding and ends an utterance
@@ -66,14 +66,13 @@ class WhisperStream:
         *,
         clock: Callable[[], float] | None = None,
         speaker_fn: Callable[[np.ndarray], int] | None = None,
-        min_chunk_s: float = 1.0,
         context_s: float = CONTEXT_S,
     ) -> None:
         self._engine = engine
         self._options = options
         self._clock = clock or time.monotonic
         self._speaker_fn = speaker_fn
-        self._policy = DecodePolicy(min_chunk_s=min_chunk_s, endpoint_silence_s=options.endpoint_silence_s)
+        self._policy = DecodePolicy(min_chunk_s=options.decode_interval_s, endpoint_silence_s=options.endpoint_silence_s)
         self._context_s = context_s
         self._buf = AudioBuffer()
         self._vad = SpeechTracker()

@@ -79,6 +79,9 @@ class StreamOptions:
     enable_language_identification: bool = False
     enable_endpoint_detection: bool = False
     endpoint_silence_s: float = 0.8
+    # Shortest stretch of new audio between re-decodes; it grows with the decode cost under load. Finals
+    # need two agreeing decodes, so this bounds how soon a word can become final.
+    decode_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class SttStream(Protocol):
 
     def accept(self, pcm: np.ndarray) -> StreamUpdate: ...
 
+    def accept_all(self, pcm: np.ndarray) -> list[StreamUpdate]:
+        """Like accept, but one update per utterance that ends inside `pcm` (a backlog spanning pauses)."""
+        ...
+
     def finish(self) -> StreamUpdate: ...
 
 
@@ -116,6 +123,10 @@ class SttEngine(Protocol):
 
     @property
     def multilingual(self) -> bool: ...
+
+    def check_language_hints(self, hints: Sequence[str]) -> None:
+        """Raises EngineError for hints the model cannot honour (e.g. 'de' on an English-only model)."""
+        ...
 
     def transcribe(self, request: SttRequest, progress: ProgressFn | None = None) -> SttResult: ...
 

@@ -279,6 +279,9 @@ class WhisperEngine:
         supported = self.supported_languages
         return [h for h in dict.fromkeys(normalize_language(h) for h in hints if h.strip()) if h in supported]
 
+    def check_language_hints(self, hints: Sequence[str]) -> None:
+        self._known_language(hints)
+
     def _known_language(self, hints: Sequence[str]) -> tuple[str, float] | None:
         """The language when no detection is needed (English-only model, one usable hint); None when the
         audio must decide. Raises for hints the model cannot honour."""
@@ -358,7 +361,7 @@ class WhisperEngine:
                 groups.setdefault(slot.language, []).append(i)
         for lang, idx in groups.items():
             # Alignment takes one start sequence per call: requests in different languages that met in one
-            # batch are decoded per language, re-encoding the smaller groups (rare: concurrent languages).
+            # batch are decoded per language, each group re-encoded on its own (rare: concurrent languages).
             enc = encoder_output if len(idx) == len(items) else self._wm.encode(stacked[idx])
             for i, d in zip(idx, self._decode_batch([items[i] for i in idx], enc, lang), strict=True):
                 out[i] = d

@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
         app.state.db = db
         app.state.catalog = catalog
         app.state.device = device
+        app.state.realtime_sessions = 0  # open WS /stt/realtime sessions in this process (RealtimeSession)
         app.state.models = mgr
         app.state.accounts = AccountService(db, validate_spec)
         app.state.minutes = MinutesPool(db)

@@ -38,6 +38,13 @@ class Capabilities:
             raise ApiError(403, "stt_not_configured", "Speech-to-text is not configured for this account (sttApiKey is 'off')")
         return sel
 
+    def require_stt_options(self, account: Account, *, diarize: bool) -> Selection:
+        """require_stt, plus a diarizer when the request asks for speaker labels."""
+        sel = self.require_stt(account)
+        if diarize and self.settings.default_diarizer == "off":
+            raise ApiError(400, "diarization_not_configured", "Speaker diarization is turned off on this server")
+        return sel
+
     def require_tts(self, account: Account, voice: str | None = None) -> Selection:
         if voice is not None and account.tts_engine is not None and account.tts_engine.strip().lower() == "off":
             raise ApiError(403, "tts_not_configured", "Text-to-speech is not configured for this account (ttsApiKey is 'off')")

@@ -21,7 +21,7 @@ from engines.types import SAMPLE_RATE, EngineError, StreamOptions, StreamUpdate
 from server.accounts import Account
 from server.errors import ApiError
 from server.minutes import QUANTUM_MINUTES, MinutesPool, Reservation, quantize_minutes
-from server.realtime_config import ConfigError, RealtimeConfig, missing_directions
+from server.realtime_config import ConfigError, RealtimeConfig, decode_interval, missing_directions
 from server.two_way import TwoWay
 
 log = logging.getLogger("speech7.realtime")
@@ -90,12 +90,11 @@ class RealtimeSession:
         if cfg.two_way and not engine.multilingual:
             raise ConfigError(f"two-way translation needs a multilingual STT model; this account uses {sel.model}")
         hints = cfg.stt.language_hints or ((cfg.language_a, cfg.language_b) if cfg.two_way else ())
+        try:  # the engine's own rule, as for POST /stt (e.g. an English-only model cannot serve 'de')
+            engine.check_language_hints([h for h in hints if h])
+        except EngineError as exc:
+            raise ConfigError(f"language_hints: {exc}") from None
         if not engine.multilingual:
-            if hints and "en" not in hints:  # as POST /stt: an English-only model cannot serve other languages
-                raise ConfigError(
-                    f"this account's STT model {sel.model!r} is English-only; language_hints {', '.join(h for h in hints if h)} "
-                    "need a multilingual model"
-                )
             hints = ()
         options = StreamOptions(
             language_hints=tuple(h for h in hints if h), task="transcribe", terms=cfg.stt.terms,
@@ -103,6 +102,7 @@ class RealtimeSession:
             # Two-way translation translates per utterance, so it needs the pauses even when the client
             # did not ask for "<end>" tokens (those are then left out of the messages).
             enable_endpoint_detection=cfg.endpoint_detection or cfg.two_way,
+            decode_interval_s=decode_interval(self.state.settings.realtime_decode_interval_s, self.state.device),
         )
         speaker_fn = None
         if cfg.stt.diarize:
@@ -152,7 +152,7 @@ class RealtimeSession:
                 self.samples += len(pcm)
                 if self.two_way:
                     self.two_way.add_audio(pcm)
-                for update in await asyncio.to_thread(self._accept, pcm):
+                for update in await asyncio.to_thread(self.stream.accept_all, pcm):
                     await self._emit(update)
             if self._finalize and not self._pending:
                 update = await asyncio.to_thread(self.stream.finish)
@@ -161,11 +161,6 @@ class RealtimeSession:
                                  "final_audio_proc_ms": update.final_audio_proc_ms,
                                  "total_audio_proc_ms": update.total_audio_proc_ms})
                 return
-
-    def _accept(self, pcm: np.ndarray) -> list[StreamUpdate]:
-        """Everything that piled up, in one call; WhisperStream reports each endpoint inside it separately."""
-        accept_all = getattr(self.stream, "accept_all", None)
-        return accept_all(pcm) if accept_all is not None else [self.stream.accept(pcm)]
 
     async def _emit(self, update: StreamUpdate, final: bool = False) -> None:
         """Sends an update unless it repeats the last message (same non-final words, nothing final)."""
@@ -183,10 +178,9 @@ class RealtimeSession:
 
     def _take_slot(self) -> None:
         """At most `realtime_max_sessions` sessions per server process; each holds a worker thread."""
-        active = getattr(self.state, "realtime_sessions", 0)
-        if active >= self.state.settings.realtime_max_sessions:
+        if self.state.realtime_sessions >= self.state.settings.realtime_max_sessions:
             raise ApiError(503, "too_many_sessions", "Too many realtime sessions on this server; try again later")
-        self.state.realtime_sessions = active + 1
+        self.state.realtime_sessions += 1
         self._counted = True
 
     async def close(self) -> None:
@@ -200,7 +194,7 @@ class RealtimeSession:
         if self.reservation is not None:
             # A client that leaves mid-stream pays for the audio it sent, processed or not; settle() never
             # charges more than the balance covers.
-            seconds = max(self.samples, self.received) / SAMPLE_RATE
+            seconds = self.received / SAMPLE_RATE  # every sample the engine got came through _push
             if seconds:
                 await self.minutes.settle(self.reservation, quantize_minutes(seconds), audio_seconds=seconds)
                 self.state.metrics.add_audio("realtime", seconds)

@@ -87,10 +87,8 @@ class SubtitleJobs:
     async def create(self, account: Account, media: UploadedMedia, options: SttOptions, fmt: SubtitleFormat) -> dict[str, Any]:
         from engines.audio import EngineError, probe_duration
 
-        self._state.capabilities.require_stt(account)
-        if options.diarize and self._state.models.diarizer_spec() == "off":
-            # Refused now rather than failing later in the worker (the same check /stt makes).
-            raise ApiError(400, "diarization_not_configured", "Speaker diarization is turned off on this server")
+        # Refused now rather than failing later in the worker (the same checks /stt makes).
+        self._state.capabilities.require_stt_options(account, diarize=options.diarize)
         try:
             duration = await asyncio.to_thread(probe_duration, media.path)
         except EngineError as exc:

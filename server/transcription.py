@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from engines.assign import Entry, assign_speakers, build_entries, merge_turns
-from engines.types import SAMPLE_RATE, DiarizationRequest, EngineError, ModelMissingError, SttRequest, SttResult, Word
+from engines.types import (
+    SAMPLE_RATE,
+    DiarizationRequest,
+    EngineError,
+    ModelMissingError,
+    SttRequest,
+    SttResult,
+    Word,
+)
 from server.accounts import Account
 from server.errors import ApiError, payment_required, unprocessable
 from server.minutes import MinutesPool, quantize_minutes
@@ -59,9 +67,7 @@ class TranscriptionService:
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
         progress: Progress | None = None, reservation_id: int | None = None,
     ) -> Transcript:
-        selection = self._state.capabilities.require_stt(account)
-        if options.diarize and self._state.models.diarizer_spec() == "off":
-            raise ApiError(400, "diarization_not_configured", "Speaker diarization is turned off on this server")
+        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize)
         if reservation_id is None and account.minutes <= 0:
             # Decoding a large upload only to refuse it would waste the server's time; reserve() below stays
             # the authoritative check (the balance read at authentication may be stale).

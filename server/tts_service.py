@@ -168,7 +168,7 @@ class SpeechJob:
                         break
                     if isinstance(item, BaseException):
                         raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
-                    fh.write(item)
+                    await asyncio.to_thread(fh.write, item)  # disk I/O stays off the event loop
                     size += len(item)
                     yield item
             if samples == 0:

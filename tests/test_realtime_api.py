@@ -222,12 +222,12 @@ def test_a_stalled_client_does_not_hold_up_another(server: Server, testdata: Pat
         other = run_session(server, key, config, frames(s16(load(testdata / "en" / "LJ001-0008.wav")), 3200))
         assert_finished(other)
         assert wer(reference, other.text()) < 0.3, other.text()
-        assert getattr(server.app.state, "realtime_sessions", 0) >= 1  # the stalled session is still open
+        assert server.app.state.realtime_sessions >= 1  # the stalled session is still open
     for _ in range(300):  # bounded wait for the server's cleanup after the stalled client leaves
-        if not getattr(server.app.state, "realtime_sessions", 0):
+        if not server.app.state.realtime_sessions:
             break
         threading.Event().wait(0.1)
-    assert getattr(server.app.state, "realtime_sessions", 0) == 0
+    assert server.app.state.realtime_sessions == 0
 
 
 # ---------------------------------------------------------------- two-way translation
@@ -336,8 +336,8 @@ def test_disconnect_mid_stream_bills_what_was_streamed(server: Server, testdata:
                 finalize=False)
     # The client left without finalizing: the server settles 11 s as one quantum and frees the session.
     for _ in range(300):  # bounded wait for the server's cleanup after the close
-        if server.capabilities(key)["minutesRemaining"] == 9.5 and not getattr(server.app.state, "realtime_sessions", 0):
+        if server.capabilities(key)["minutesRemaining"] == 9.5 and not server.app.state.realtime_sessions:
             break
         threading.Event().wait(0.1)
     assert server.capabilities(key)["minutesRemaining"] == 9.5
-    assert getattr(server.app.state, "realtime_sessions", 0) == 0
+    assert server.app.state.realtime_sessions == 0

@@ -264,3 +264,10 @@ def test_a_backlog_in_one_chunk_still_ends_utterances_at_their_pauses(tiny, test
     # accept() merges the same updates: the endpoint is still reported.
     merged = open_stream(tiny, enable_endpoint_detection=True).accept(audio)
     assert merged.endpoint and "comparatively" in "".join(t.text for t in merged.tokens if t.is_final)
+
+
+def test_decode_interval_is_shorter_where_decodes_are_cheap():
+    from server.realtime_config import decode_interval
+
+    assert decode_interval(0.0, "cuda") < decode_interval(0.0, "cpu") <= 1.0
+    assert decode_interval(0.8, "cuda") == decode_interval(0.8, "cpu") == 0.8  # the operator's setting wins
