@@ -25,6 +25,12 @@ from server.realtime_config import ConfigError, RealtimeConfig, decode_interval,
 from server.two_way import TwoWay
 
 log = logging.getLogger("speech7.realtime")
+
+# Decoded audio a session may hold ahead of the engine. A client sending faster than real time (a file
+# pushed at once) waits in feed() beyond this, so its frames stay in the socket's buffers and a session's
+# memory stays bounded (float32 at 16 kHz: 20 s = 1.3 MB).
+MAX_BACKLOG_S = 20.0
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -60,6 +66,9 @@ class RealtimeSession:
         self.samples = 0  # handed to the engine (minutes are reserved ahead of this)
         self.received = 0  # decoded from the client's frames: what a session is billed for
         self._pending: list[np.ndarray] = []
+        self._backlog = 0  # samples queued for the engine or in its current accept_all call
+        self._drained = asyncio.Event()  # set whenever the backlog shrinks, and when process() ends
+        self._process_ended = False
         self._have_audio = asyncio.Event()
         self._finalize = False
         self._last_partial: tuple[Any, ...] = ()  # non-final tokens of the last message sent
@@ -121,6 +130,9 @@ class RealtimeSession:
     async def feed(self, data: bytes) -> None:
         pcm = await asyncio.to_thread(self.decoder.feed, data)
         self._push(pcm)
+        while self._backlog > MAX_BACKLOG_S * SAMPLE_RATE and not self._process_ended:
+            self._drained.clear()
+            await self._drained.wait()
 
     async def finalize(self) -> None:
         pcm = await asyncio.to_thread(self.decoder.close)
@@ -132,6 +144,7 @@ class RealtimeSession:
         self.received += len(pcm)
         if len(pcm):
             self._pending.append(pcm)
+            self._backlog += len(pcm)
             self._have_audio.set()
 
     async def _ensure_minutes(self, total_samples: int) -> None:
@@ -142,6 +155,13 @@ class RealtimeSession:
 
     async def process(self) -> None:
         """Runs until finalize: hands queued audio to the engine, sends each update."""
+        try:
+            await self._process()
+        finally:
+            self._process_ended = True  # a feed() waiting on the backlog must not outlive the processor
+            self._drained.set()
+
+    async def _process(self) -> None:
         while True:
             await self._have_audio.wait()
             self._have_audio.clear()
@@ -154,6 +174,8 @@ class RealtimeSession:
                     self.two_way.add_audio(pcm)
                 for update in await asyncio.to_thread(self.stream.accept_all, pcm):
                     await self._emit(update)
+                self._backlog -= len(pcm)
+                self._drained.set()
             if self._finalize and not self._pending:
                 update = await asyncio.to_thread(self.stream.finish)
                 await self._emit(update, final=True)

@@ -230,6 +230,32 @@ def test_a_stalled_client_does_not_hold_up_another(server: Server, testdata: Pat
     assert server.app.state.realtime_sessions == 0
 
 
+def test_audio_sent_faster_than_real_time_is_held_back(
+    server: Server, testdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minute of audio pushed at once: the server stops reading while its backlog is over MAX_BACKLOG_S,
+    so the decoded audio it holds stays bounded, and the transcript still comes out whole."""
+    from server import realtime
+
+    seen: list[int] = []
+    push = realtime.RealtimeSession._push
+
+    def recording_push(self: realtime.RealtimeSession, pcm: np.ndarray) -> None:
+        push(self, pcm)
+        seen.append(self._backlog)
+
+    monkeypatch.setattr(realtime.RealtimeSession, "_push", recording_push)
+    key = server.account(sttApiKey="whisper:tiny.en", startingMinutes=5)
+    clip = load(testdata / "en" / "LJ001-0008.wav")
+    audio = np.concatenate([clip, np.zeros(SAMPLE_RATE, dtype=np.float32)] * 20)  # ~60 s
+    session = run_session(server, key, {"audio_format": "pcm_s16le", "sample_rate": SAMPLE_RATE},
+                          frames(s16(audio), 2 * SAMPLE_RATE))  # 1 s frames, no pacing
+    assert_finished(session)
+    assert max(seen) <= (realtime.MAX_BACKLOG_S + 1) * SAMPLE_RATE
+    assert max(seen) > realtime.MAX_BACKLOG_S * SAMPLE_RATE / 2  # the client did get ahead of the engine
+    assert words(session.text()).count("surpassed") >= 18, session.text()
+
+
 # ---------------------------------------------------------------- two-way translation
 
 
