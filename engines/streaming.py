@@ -263,8 +263,6 @@ class WhisperStream:
         )
         self._decode_cost = max(self._clock() - began, 0.0)
         self._last_decode_at = self._buf.end
-        if self._utt_language is None:
-            self._utt_language = result.language
         words = [
             _Word(w.text, start + int(w.start * SAMPLE_RATE), start + int(w.end * SAMPLE_RATE), w.probability)
             for seg in result.segments
