@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -152,9 +153,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
-    """The real app under uvicorn (HTTP streaming and WebSockets behave as in production)."""
+@contextlib.contextmanager
+def serve_in_thread(settings):  # type: ignore[no-untyped-def]
+    """The real app under uvicorn in a thread (HTTP streaming and WebSockets behave as in production);
+    yields (app, url) once /healthz answers."""
     import threading
     import time
 
@@ -162,12 +164,7 @@ def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
     import uvicorn
 
     from server.app import create_app
-    from server.settings import Settings
 
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("live") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
-        job_poll_seconds=0.2,
-    )
     port = free_port()
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
@@ -183,6 +180,20 @@ def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
             time.sleep(0.1)
     else:
         pytest.fail("live server did not start")
-    yield LiveServer(app, url, settings)
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield app, url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
+    from server.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("live") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
+        job_poll_seconds=0.2,
+    )
+    with serve_in_thread(settings) as (app, url):
+        yield LiveServer(app, url, settings)

