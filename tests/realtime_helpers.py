@@ -1,5 +1,5 @@
 """Helpers for the WS /stt/realtime tests: audio made from real clips (PCM, Opus in WebM/Ogg made with
-PyAV), WER, and a synchronous WebSocket client that records every message of a session."""
+PyAV) and a synchronous WebSocket client that records every message of a session."""
 
 from __future__ import annotations
 
