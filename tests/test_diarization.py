@@ -88,6 +88,22 @@ def test_labels_to_turns_cuts_bridges_and_renumbers():
     assert labels_to_turns([(0.0, 1.0)], times, labels, 0.1, min_turn=2.0) == []
 
 
+def test_nearest_sorted_matches_brute_force():
+    from engines.diarization.builtin import nearest_sorted
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n, m = int(rng.integers(1, 40)), int(rng.integers(0, 60))
+        values: np.ndarray
+        queries: np.ndarray
+        if trial % 2:  # integer grids with repeats and exact ties, like window centres
+            values, queries = np.sort(rng.integers(0, 50, n)), rng.integers(-10, 60, m)
+        else:
+            values, queries = np.sort(rng.normal(size=n)), rng.normal(scale=1.5, size=m)
+        brute = np.abs(values[None, :] - queries[:, None]).argmin(axis=1)
+        assert np.array_equal(nearest_sorted(values, queries), brute), (values, queries)
+
+
 # ---------------------------------------------------------------- the real diarizer
 
 
@@ -150,3 +166,35 @@ def test_empty_and_silent_audio_give_no_turns(diarizer):
     for audio in (np.zeros(0, np.float32), np.zeros(16000 * 5, np.float32), np.full(8000, 1e-6, np.float32)):
         result = diarizer.diarize(DiarizationRequest(audio))
         assert result.turns == () and result.num_speakers == 0
+
+
+@pytest.mark.slow
+def test_blockwise_mel_frames_equal_whole_signal(diarizer, testdata):
+    """Any slice of frames, computed in blocks with the gain applied on the fly, equals the same rows of
+    the centred STFT of the whole normalised recording (the front end as it was first written)."""
+    import torch
+
+    from engines.diarization.ge2e import HOP, N_FFT, normalize_volume, volume_gain
+
+    enc = diarizer.encoder
+    audio, _ = _clip(testdata, "sample")
+    audio = audio[: 16000 * 4 + 77]  # length not a multiple of the hop
+    wav = torch.from_numpy(normalize_volume(audio))
+    spec = torch.stft(
+        wav, N_FFT, HOP, window=enc._window, center=True, pad_mode="constant", return_complex=True
+    )
+    whole = (enc._mel @ (spec.real.square() + spec.imag.square())).T
+    gain = volume_gain(audio)
+    total = whole.shape[0]
+    assert enc.mel_frames(audio, gain=gain).shape == whole.shape
+    for start, stop, block in [
+        (0, None, 37),
+        (0, 1, 5),
+        (5, 123, 50),
+        (150, total, 64),
+        (total - 3, total + 9, 2),
+    ]:
+        got = enc.mel_frames(audio, start, stop, gain, block=block)
+        # Different FFT/matmul batch sizes may round the last bit differently; nothing more.
+        torch.testing.assert_close(got, whole[start:stop], rtol=1e-5, atol=1e-6)
+    assert enc.mel_frames(audio, total, total + 5, gain).shape == (0, 40)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engines.diarization.clustering import SpeakerCountHint, centroids, cluster, normalize_rows
-from engines.diarization.ge2e import HOP, Ge2eEncoder, normalize_volume
+from engines.diarization.ge2e import HOP, Ge2eEncoder, volume_gain
 from engines.diarization.refine import labels_to_turns, viterbi
 from engines.types import SAMPLE_RATE, DiarizationRequest, DiarizationResult, EngineError, ProgressFn
 
@@ -63,9 +63,12 @@ class BuiltinDiarizer:
             report(1.0)
             return DiarizationResult(turns=(), num_speakers=0)
 
-        mels = self.encoder.mel_frames(normalize_volume(audio))
-        frames = _speech_frames(spans, int(mels.shape[0]))
-        speech_mels = mels[self._torch.as_tensor(frames, device=self.device)]
+        # Mel frames of the speech only, span by span: the whole recording's spectrogram would cost
+        # ~0.6 GB an hour and mostly be thrown away with the silence.
+        ranges = _speech_ranges(spans, 1 + len(audio) // HOP)
+        gain = volume_gain(audio)
+        speech_mels = self._torch.cat([self.encoder.mel_frames(audio, a, b, gain) for a, b in ranges])
+        frames = np.concatenate([np.arange(a, b) for a, b in ranges])
         n = len(frames)
 
         starts = _window_starts(n, self.window_frames, self.step_frames)
@@ -80,7 +83,7 @@ class BuiltinDiarizer:
             fine_centres - self.refine_window_frames // 2, 0, max(0, n - self.refine_window_frames)
         )
         fine = self._embed(speech_mels, fine_starts, self.refine_window_frames, report, 0.5, 0.9)
-        fine_labels = labels[np.abs(centres[None, :] - fine_centres[:, None]).argmin(axis=1)]
+        fine_labels = labels[nearest_sorted(centres, fine_centres)]
         k = int(labels.max()) + 1
         for _ in range(self.refine_iterations if k > 1 else 0):
             cents = centroids(fine, fine_labels, k)
@@ -104,7 +107,7 @@ class BuiltinDiarizer:
     def _speech(self, audio: np.ndarray) -> list[tuple[int, int]]:
         from engines.vad import speech_spans
 
-        if audio.size < SAMPLE_RATE // 10 or float(np.max(np.abs(audio))) < 1e-4:
+        if audio.size < SAMPLE_RATE // 10 or max(float(audio.max()), -float(audio.min())) < 1e-4:
             return []  # Silero needs some signal; digital silence has no speakers anyway
         return speech_spans(audio)
 
@@ -120,10 +123,21 @@ class BuiltinDiarizer:
         return np.concatenate(out) if out else np.zeros((0, 256), dtype=np.float32)
 
 
-def _speech_frames(spans: list[tuple[int, int]], n_frames: int) -> np.ndarray:
-    """Indices of the mel frames inside speech, in time order (the speech-only timeline)."""
-    parts = [np.arange(s // HOP, min(n_frames, -(-e // HOP))) for s, e in spans]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+def _speech_ranges(spans: list[tuple[int, int]], n_frames: int) -> list[tuple[int, int]]:
+    """[first, end) mel frames of each speech span, in time order: together the speech-only timeline."""
+    return [(s // HOP, min(n_frames, -(-e // HOP))) for s, e in spans]
+
+
+def nearest_sorted(values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """For each query, the index of the nearest entry of the ascending `values` (the first one on ties, as
+    argmin over |values - query| picks); binary search, so memory is linear, not len(values) x len(queries)."""
+    if len(values) == 1:
+        return np.zeros(len(queries), dtype=np.int64)
+    right = np.clip(np.searchsorted(values, queries, side="left"), 1, len(values) - 1)
+    left = right - 1
+    pick = np.where(np.abs(queries - values[left]) <= np.abs(values[right] - queries), left, right)
+    # A run of equal values: argmin would name its first member.
+    return np.searchsorted(values, values[pick], side="left")
 
 
 def _window_starts(n: int, width: int, step: int) -> np.ndarray:

@@ -73,14 +73,9 @@ def _laplacian_eig(adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals, vecs
 
 
-def _gap_count(vals: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
-    """Speaker count in [lo, hi] at the largest eigengap, and that gap normalised by the top eigenvalue."""
-    gaps = np.diff(vals[: hi + 1])  # gaps[i] = vals[i+1] - vals[i]; k clusters <-> gap after the k-th value
-    if lo > 1 and hi >= lo:
-        gaps = gaps.copy()
-        gaps[: lo - 1] = -np.inf
-    k = int(np.argmax(gaps)) + 1
-    return k, float(gaps[k - 1] / (vals[-1] + 1e-10))
+def _eigengap(vals: np.ndarray, k: int) -> float:
+    """Gap after the k-th smallest eigenvalue (k clusters), normalised by the largest eigenvalue."""
+    return float((vals[k] - vals[k - 1]) / (vals[-1] + 1e-10))
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -98,17 +93,28 @@ def _kmeans(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return best
 
 
-def spectral_vectors(emb: np.ndarray, k: int) -> np.ndarray:
-    """Laplacian eigenvectors (columns, ascending eigenvalue) of the affinity of `emb` pruned with the p
-    that makes the gap after the k-th eigenvalue clearest (NME-SC with the count fixed)."""
+PrunedEigs = list[tuple[int, np.ndarray, np.ndarray]]
+
+
+def pruned_eigs(emb: np.ndarray) -> PrunedEigs:
+    """(p, eigenvalues, eigenvectors) of the Laplacian of the affinity of `emb` pruned to p neighbours, for
+    each candidate p. They do not depend on the speaker count, so one set serves every candidate k."""
     n = len(emb)
     affinity = cosine_affinity(emb)
-    best: tuple[float, np.ndarray] | None = None
     max_p = max(2, n // 4)
-    for p in sorted({int(v) for v in np.linspace(2, max_p, num=min(max_p - 1, 8))}):
-        vals, vecs = _laplacian_eig(_pruned(affinity, p))
-        _, gap = _gap_count(vals, k, k)
-        score = (p / n) / (gap + 1e-10)  # NME-SC's ratio: small p with a clear gap wins
+    candidates = sorted({int(v) for v in np.linspace(2, max_p, num=min(max_p - 1, 8))})
+    return [(p, *_laplacian_eig(_pruned(affinity, p))) for p in candidates]
+
+
+def spectral_vectors(emb: np.ndarray, k: int, eigs: PrunedEigs | None = None) -> np.ndarray:
+    """Laplacian eigenvectors (columns, ascending eigenvalue) of the affinity of `emb` pruned with the p
+    that makes the gap after the k-th eigenvalue clearest (NME-SC with the count fixed).
+
+    `eigs`: `pruned_eigs(emb)`, when several k are tried on the same embeddings."""
+    n = len(emb)
+    best: tuple[float, np.ndarray] | None = None
+    for p, vals, vecs in pruned_eigs(emb) if eigs is None else eigs:
+        score = (p / n) / (_eigengap(vals, k) + 1e-10)  # NME-SC's ratio: small p with a clear gap wins
         if best is None or score < best[0]:
             best = (score, vecs)
     assert best is not None
@@ -159,7 +165,8 @@ def spectral_labels(
     # "One voice" is judged on up to 4 clusters even when a max hint is lower: three voices forced into
     # two clusters score poorly, which must not read as one voice.
     top = max(hi, min(4, n - 1)) if lo <= 1 else hi
-    options = {k: _kmeans(spectral_vectors(centred, k)[:, :k], k) for k in range(max(lo, 2), top + 1)}
+    eigs = pruned_eigs(centred)
+    options = {k: _kmeans(spectral_vectors(centred, k, eigs)[:, :k], k) for k in range(max(lo, 2), top + 1)}
     scores = {k: silhouette(emb, labels, exclude=overlap) for k, labels in options.items()}
     if lo <= 1 and max(scores.values()) < ONE_SPEAKER_SILHOUETTE:
         return np.zeros(n, dtype=int)

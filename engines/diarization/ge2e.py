@@ -26,6 +26,9 @@ N_MELS = 40
 PARTIAL_FRAMES = 160  # the 1.6 s "partial utterance" the network was trained on
 TARGET_DBFS = -30.0
 EMBED_DIM = 256
+# Frames per STFT call: bounds the complex spectrogram (201 bins x 8 bytes a frame, ~10 MB per 60 s)
+# however long the recording is.
+MEL_BLOCK_FRAMES = 6000
 
 
 def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
@@ -55,13 +58,20 @@ def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_ME
     return weights.astype(np.float32)
 
 
+def volume_gain(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> float:
+    """Factor that scales `audio` to `target_dbfs` RMS; 1.0 for (near) silence."""
+    # Summed in float64 slices: squaring the whole recording at once would cost 8 bytes a sample.
+    step = 1 << 20
+    total = sum(
+        float(np.square(audio[i : i + step], dtype=np.float64).sum()) for i in range(0, audio.size, step)
+    )
+    rms = float(np.sqrt(total / audio.size)) if audio.size else 0.0
+    return 1.0 if rms < 1e-6 else 10.0 ** (target_dbfs / 20.0) / rms
+
+
 def normalize_volume(audio: np.ndarray, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
     """Scale to `target_dbfs` RMS (increase and decrease): the encoder saw -30 dBFS-ish training audio."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
-    if rms < 1e-6:
-        return audio.astype(np.float32)
-    gain = 10.0 ** (target_dbfs / 20.0) / rms
-    return (audio * gain).astype(np.float32)
+    return (audio * volume_gain(audio, target_dbfs)).astype(np.float32)
 
 
 class Ge2eEncoder:
@@ -93,13 +103,41 @@ class Ge2eEncoder:
         self._mel = torch.from_numpy(mel_filterbank()).to(device)
         self._window = torch.hann_window(N_FFT, periodic=True, device=device)
 
-    def mel_frames(self, audio: np.ndarray) -> torch.Tensor:
-        """Power mel spectrogram (frames, 40) on the encoder's device; frame i is centred at i*10 ms."""
+    def mel_frames(
+        self,
+        audio: np.ndarray,
+        start: int = 0,
+        stop: int | None = None,
+        gain: float = 1.0,
+        block: int = MEL_BLOCK_FRAMES,
+    ) -> torch.Tensor:
+        """Power mel spectrogram (frames, 40) on the encoder's device; frame i is centred at i*10 ms.
+
+        Frames [start, stop) of the 1 + len(audio) // HOP a centred STFT gives (default: all), computed
+        `block` frames at a time from just the samples they cover, so memory stays bounded and silence
+        that is never used need not be transformed. `gain` scales samples as they are read, sparing a
+        scaled copy of the whole recording.
+        """
         torch = self._torch
-        wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
-        spec = torch.stft(
-            wav, N_FFT, HOP, window=self._window, center=True, pad_mode="constant", return_complex=True
-        )
+        total = 1 + len(audio) // HOP
+        stop = total if stop is None else min(stop, total)
+        parts = [
+            self._mel_block(audio, f, min(f + block, stop), gain) for f in range(max(0, start), stop, block)
+        ]
+        if not parts:
+            return torch.zeros((0, N_MELS), device=self.device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _mel_block(self, audio: np.ndarray, first: int, end: int, gain: float) -> torch.Tensor:
+        """Frames [first, end): the samples they see, zero padded past either end of the recording as
+        torch.stft(center=True, pad_mode="constant") pads them, then an uncentred STFT."""
+        torch = self._torch
+        lo, hi = first * HOP - N_FFT // 2, (end - 1) * HOP + N_FFT // 2
+        seg = np.zeros(hi - lo, dtype=np.float32)
+        a, b = max(lo, 0), min(hi, len(audio))
+        seg[a - lo : b - lo] = audio[a:b] * gain
+        wav = torch.from_numpy(seg).to(self.device)
+        spec = torch.stft(wav, N_FFT, HOP, window=self._window, center=False, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # (freq, frames)
         return (self._mel @ power).T.contiguous()
 
