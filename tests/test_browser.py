@@ -299,6 +299,23 @@ def test_realtime_card_transcribes_the_microphone(tab: Tab, live_server: LiveSer
     assert tab.errors == [], tab.errors
 
 
+def test_realtime_card_shows_why_two_way_translation_is_refused(tab: Tab, live_server: LiveServer) -> None:
+    """English <-> German on a server with no en->de translation model: the server's refusal is shown in
+    words (naming the missing direction), not swallowed, and the card is ready for another try."""
+    from playwright.sync_api import expect
+
+    page = tab.page
+    _use_key(page, live_server)
+    page.select_option("#rt-lang-a", "en")
+    page.select_option("#rt-lang-b", "de")
+    page.click("#rt-start")
+    status = page.locator("#card-realtime .status")
+    expect(status).to_contain_text("en->de", timeout=60_000)
+    expect(status).to_contain_text("no translation model")
+    expect(page.locator("#rt-start")).to_be_enabled()
+    assert tab.errors == [], tab.errors
+
+
 def test_admin_refuses_user_key_creates_an_account_and_signs_out(tab: Tab, live_server: LiveServer) -> None:
     from playwright.sync_api import expect
 
