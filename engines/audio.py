@@ -1,9 +1,9 @@
 """Decode uploaded media (any container/codec FFmpeg knows) to float32 mono 16 kHz with PyAV.
 
 Everything runs in-process through libav* (no ffmpeg binary). PyAV reads the file by path, so the
-encoded bytes are never held in memory; decoded audio is collected as small per-frame arrays and
-joined once. Downmixing is a plain channel mean (same as `pcm_from_raw`), not FFmpeg's default
-stereo->mono matrix, which adds +3 dB and pushes full-scale speech past 1.0.
+encoded bytes are never held in memory; `decode_file` writes the decoded samples into one array
+(see there), `iter_decode` yields fixed-size blocks. Downmixing is a plain channel mean (same as
+`pcm_from_raw`), not FFmpeg's default stereo->mono matrix, which adds +3 dB and pushes full-scale speech past 1.0.
 """
 
 from __future__ import annotations
@@ -238,23 +238,40 @@ def decode_file(path: str | os.PathLike[str], *, max_seconds: float | None = Non
     """Decodes the first (default, best) audio stream of any media file to float32 mono 16 kHz.
 
     `max_seconds` stops decoding once that much audio is in hand (for previews and limits).
+
+    Memory: the samples go straight into ONE array sized from the container's duration (untouched pages
+    cost nothing), grown or trimmed in place with `ndarray.resize` (realloc: large blocks are remapped,
+    not copied). Collecting pieces and concatenating them would hold the whole signal twice (460 MB for
+    an hour).
     """
     limit = None if max_seconds is None else max(0, int(round(max_seconds * SAMPLE_RATE)))
     _check_nonempty(path)
-    pieces: list[np.ndarray] = []
-    have = 0
     with open_media(path) as container:
+        guess = _expected_samples(container)
+        buf = np.empty(guess if limit is None else min(guess, limit), dtype=np.float32)
+        have = 0
         stream = decode_stream(container)
         try:
             for pcm in stream:
-                pieces.append(pcm)
-                have += pcm.size
+                take = pcm.size if limit is None else min(pcm.size, limit - have)
+                if have + take > buf.size:  # the header under-estimated: grow by a quarter at least
+                    buf.resize(max(have + take, buf.size + buf.size // 4 + 30 * SAMPLE_RATE), refcheck=False)
+                buf[have : have + take] = pcm[:take]
+                have += take
                 if limit is not None and have >= limit:
                     break
         finally:
             stream.close()
-    audio = concat_pcm(pieces)
-    return audio if limit is None else audio[:limit]
+    if have != buf.size:
+        buf.resize(have, refcheck=False)  # shrinking in place: no second copy
+    return buf
+
+
+def _expected_samples(container: av.container.InputContainer) -> int:
+    """Samples at 16 kHz the container says it holds, plus 1 s for the resampler's tail and rounding.
+    Capped at 3 h: a damaged header can claim anything (the array grows if the audio is really longer)."""
+    seconds = container.duration / av.time_base if container.duration and container.duration > 0 else 60.0
+    return int(min(seconds, 3 * 3600.0) * SAMPLE_RATE) + SAMPLE_RATE
 
 
 def probe_duration(path: str | os.PathLike[str]) -> float:
