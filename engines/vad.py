@@ -154,7 +154,10 @@ def speech_probabilities(audio: np.ndarray, block_windows: int = VAD_BLOCK_WINDO
 
 def spans_from_probabilities(probs: np.ndarray, n_samples: int, options: Any) -> list[tuple[int, int]]:
     """faster-whisper's `get_speech_timestamps` hysteresis and padding (1.1.x), unchanged, over
-    precomputed probabilities (a port: upstream only accepts the whole audio array)."""
+    precomputed probabilities (a port: upstream only accepts the whole audio array, and copies it twice).
+
+    Derived from faster_whisper/vad.py (MIT License, Copyright (c) 2023 SYSTRAN), itself after
+    snakers4/silero-vad's utils (MIT License); kept step for step so spans equal upstream's (tested)."""
     threshold = options.threshold
     neg_threshold = options.neg_threshold if options.neg_threshold is not None else max(threshold - 0.15, 0.01)
     win = VAD_WINDOW
