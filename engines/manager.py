@@ -103,9 +103,6 @@ class ModelManager:
 
         return self._get(f"piper:{voice}", load)
 
-    def diarizer_spec(self) -> str:
-        return self.config.diarizer
-
     def diarizer(self) -> Diarizer:
         spec = self.config.diarizer
 
