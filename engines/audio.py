@@ -2,7 +2,7 @@
 
 Everything runs in-process through libav* (no ffmpeg binary). PyAV reads the file by path, so the
 encoded bytes are never held in memory; `decode_file` writes the decoded samples into one array
-(see there), `iter_decode` yields fixed-size blocks. Downmixing is a plain channel mean (same as
+(see there), `iter_decode` (engines.decode_blocks) yields fixed-size blocks. Downmixing is a plain channel mean (same as
 `pcm_from_raw`), not FFmpeg's default stereo->mono matrix, which adds +3 dB and pushes full-scale speech past 1.0.
 """
 
@@ -31,6 +31,7 @@ class UndecodableMediaError(MediaError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"could not decode the uploaded media: {detail}")
+        self.detail = detail
 
 
 class EmptyMediaError(MediaError):
@@ -202,7 +203,7 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _check_nonempty(path: str | os.PathLike[str]) -> None:
+def check_nonempty(path: str | os.PathLike[str]) -> None:
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -216,22 +217,9 @@ def _check_nonempty(path: str | os.PathLike[str]) -> None:
 
 def iter_decode(path: str | os.PathLike[str], block_seconds: float = 30.0) -> Iterator[np.ndarray]:
     """Yields float32 mono 16 kHz blocks of exactly `block_seconds` (the last one shorter)."""
-    block = max(1, int(round(block_seconds * SAMPLE_RATE)))
-    _check_nonempty(path)
-    with open_media(path) as container:
-        pending: list[np.ndarray] = []
-        have = 0
-        for pcm in decode_stream(container):
-            pending.append(pcm)
-            have += pcm.size
-            if have >= block:
-                joined = np.concatenate(pending)
-                cut = (have // block) * block
-                yield from (joined[i : i + block] for i in range(0, cut, block))
-                pending = [joined[cut:]] if cut < have else []
-                have -= cut
-        if have:
-            yield concat_pcm(pending)
+    from engines.decode_blocks import BlockDecoder
+
+    return iter(BlockDecoder(path, block_seconds))
 
 
 def decode_file(path: str | os.PathLike[str], *, max_seconds: float | None = None) -> np.ndarray:
@@ -245,7 +233,7 @@ def decode_file(path: str | os.PathLike[str], *, max_seconds: float | None = Non
     an hour).
     """
     limit = None if max_seconds is None else max(0, int(round(max_seconds * SAMPLE_RATE)))
-    _check_nonempty(path)
+    check_nonempty(path)
     with open_media(path) as container:
         guess = _expected_samples(container)
         buf = np.empty(guess if limit is None else min(guess, limit), dtype=np.float32)
@@ -280,7 +268,7 @@ def probe_duration(path: str | os.PathLike[str]) -> float:
     This is the container's length (what a user sees in a player), which for a video can exceed the
     audio track.
     """
-    _check_nonempty(path)
+    check_nonempty(path)
     with open_media(path) as container:
         stream = audio_stream_of(container)
         if container.duration is not None and container.duration > 0:

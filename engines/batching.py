@@ -5,11 +5,20 @@ than N single calls (the GPU or the CPU's SIMD lanes are filled once). So every 
 its items (features, prompts) and submits them here; the owner thread groups compatible items of *all*
 requests into one `run_batch` call and settles each item's future.
 
-Scheduling: the queue is ordered by (priority, arrival). The worker takes the head item, waits up to
-`batch_window_ms` after that item arrived for company (or until a full batch of its key is queued), then
-runs the head's key with up to `max_batch_size` queued items of that key, best priority first. Items that
-wait while a batch runs are already past their window, so a busy worker never sleeps: this is what makes
-it continuous batching rather than fixed-interval batching.
+Scheduling: items carry a priority (realtime before files) and a group (the request or stream they belong
+to). The queue is served in (priority, rank in its group, arrival) order: every group's oldest item comes
+before any group's second one, so a short request that arrives while a long file has items queued is in
+the very next batch instead of behind the file (fair queuing, round robin between requests). The worker
+takes the head item, waits up to `batch_window_ms` after it arrived for company (or until a full batch of
+its key is queued), then runs the head's key with up to `max_batch_size` items of that key in that order.
+Items that wait while a batch runs are already past their window, so a busy worker never sleeps: this is
+what makes it continuous batching rather than fixed-interval batching.
+
+Fault isolation: if `run_batch` raises for a batch of several items, each item is run again on its own, so
+one bad item fails only its own request.
+
+Thread contract: `submit` from any thread; `run_batch` only ever runs on the owner thread; every future is
+settled (result, exception, or WorkerClosedError at close), whatever happens.
 """
 
 from __future__ import annotations
@@ -48,10 +57,15 @@ class BatchStats:
     failed_batches: int  # run_batch calls that raised
     batch_sizes: dict[int, int]  # batch size -> how many batches had it
     queue_depth: int  # items waiting right now
+    busy_seconds: float = 0.0  # time spent inside run_batch since start (a counter: rate() = busy share)
+    busy_ratio: float = 0.0  # share of the last BUSY_WINDOW_S spent inside run_batch (the model's utilisation)
 
     @property
     def mean_batch_size(self) -> float:
         return self.items / self.batches if self.batches else 0.0
+
+
+BUSY_WINDOW_S = 10.0
 
 
 @dataclass(order=True)
@@ -62,13 +76,32 @@ class _Entry:
     item: Any = field(compare=False)
     future: Future = field(compare=False)
     enqueued: float = field(compare=False)
+    group: Any = field(default=None, compare=False)
 
 
-def take_batch(queue: Sequence[_Entry], key: Hashable, limit: int) -> tuple[list[_Entry], list[_Entry]]:
-    """Splits a queue into (the batch: up to `limit` entries with `key`, best first; everything else)."""
+def service_order(queue: Sequence[_Entry]) -> list[_Entry]:
+    """The queue in serving order: (priority, rank of the entry within its group, arrival). Entries without
+    a group are each a group of their own."""
+    ranks: dict[int, int] = {}
+    keyed = []
+    for e in sorted(queue):
+        g = id(e.group) if e.group is not None else -1 - e.seq
+        rank = ranks.get(g, 0)
+        ranks[g] = rank + 1
+        keyed.append(((e.priority, rank, e.seq), e))
+    keyed.sort(key=lambda x: x[0])
+    return [e for _, e in keyed]
+
+
+def take_batch(queue: Sequence[_Entry], limit: int) -> tuple[list[_Entry], list[_Entry]]:
+    """Splits a queue into (the batch: up to `limit` entries of the head's key in serving order; the rest)."""
+    order = service_order(queue)
+    if not order:
+        return [], []
+    key = order[0].key
     taken: list[_Entry] = []
     rest: list[_Entry] = []
-    for entry in sorted(queue):
+    for entry in order:
         if len(taken) < limit and entry.key == key:
             taken.append(entry)
         else:
@@ -90,10 +123,13 @@ class BatchWorker(Generic[T, R]):
         max_batch_size: int,
         batch_window_ms: float,
         name: str = "batch-worker",
+        on_stage: Callable[[str, float], None] | None = None,
     ) -> None:
+        """`on_stage("queue_wait", seconds)` is called per item when its batch starts (metrics)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run_batch = run_batch
+        self._on_stage = on_stage
         self.max_batch_size = max_batch_size
         self.batch_window_s = max(0.0, batch_window_ms) / 1000.0
         self._queue: list[_Entry] = []  # a heap
@@ -104,27 +140,34 @@ class BatchWorker(Generic[T, R]):
         self._items = 0
         self._failed = 0
         self._sizes: Counter[int] = Counter()
+        self._busy = 0.0
+        self._recent: list[tuple[float, float]] = []  # (start, end) of recent batches, for busy_ratio
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ submitting
-    def submit(self, item: T, key: Hashable, priority: int = PRIORITY_FILE) -> Future[R]:
-        """Queues one item; only items with an equal `key` share a batch. Lower priority runs first."""
+    def submit(self, item: T, key: Hashable, priority: int = PRIORITY_FILE, group: Any = None) -> Future[R]:
+        """Queues one item; only items with an equal `key` share a batch. Lower priority runs first; within a
+        priority, groups (requests, streams) take turns."""
         fut: Future[R] = Future()
         with self._cond:
             if self._closed:
                 raise WorkerClosedError("the model is shutting down")
-            heapq.heappush(self._queue, _Entry(priority, next(self._seq), key, item, fut, time.monotonic()))
+            heapq.heappush(self._queue, _Entry(priority, next(self._seq), key, item, fut, time.monotonic(), group))
             self._cond.notify()
         return fut
 
-    async def submit_async(self, item: T, key: Hashable, priority: int = PRIORITY_FILE) -> R:
-        return await asyncio.wrap_future(self.submit(item, key, priority))
+    async def submit_async(self, item: T, key: Hashable, priority: int = PRIORITY_FILE, group: Any = None) -> R:
+        return await asyncio.wrap_future(self.submit(item, key, priority, group))
 
     # ------------------------------------------------------------------ metrics and shutdown
     def stats(self) -> BatchStats:
         with self._cond:
-            return BatchStats(self._batches, self._items, self._failed, dict(self._sizes), len(self._queue))
+            now = time.monotonic()
+            since = now - BUSY_WINDOW_S
+            busy = sum(max(0.0, e - max(s, since)) for s, e in self._recent if e > since)
+            return BatchStats(self._batches, self._items, self._failed, dict(self._sizes), len(self._queue),
+                              self._busy, min(1.0, busy / BUSY_WINDOW_S))
 
     @property
     def closed(self) -> bool:
@@ -149,18 +192,17 @@ class BatchWorker(Generic[T, R]):
                 self._cond.wait()
             if self._closed:
                 return None
-            deadline = self._queue[0].enqueued + self.batch_window_s
             while not self._closed:
-                head = self._queue[0]
+                head = service_order(self._queue)[0]
                 same = sum(1 for e in self._queue if e.key == head.key)
-                remaining = deadline - time.monotonic()
+                remaining = head.enqueued + self.batch_window_s - time.monotonic()
                 if same >= self.max_batch_size or remaining <= 0:
                     break
                 self._cond.wait(remaining)
             if self._closed:
                 return None
-            # Re-read the head: a realtime item that arrived during the window goes first.
-            batch, rest = take_batch(self._queue, self._queue[0].key, self.max_batch_size)
+            # The head is chosen again: a realtime item that arrived during the window goes first.
+            batch, rest = take_batch(self._queue, self.max_batch_size)
             heapq.heapify(rest)
             self._queue = rest
             return batch
@@ -175,22 +217,37 @@ class BatchWorker(Generic[T, R]):
                 self._run(live)
 
     def _run(self, batch: list[_Entry]) -> None:
-        failed = False
-        try:
-            results = list(self._run_batch([e.item for e in batch]))
-            if len(results) != len(batch):
-                raise EngineError(f"batch returned {len(results)} results for {len(batch)} items")
-        except BaseException as exc:  # noqa: BLE001 - the owner thread must survive anything
-            log.exception("batch of %d items failed", len(batch))
-            failed = True
-            results = [exc] * len(batch)
+        started = time.monotonic()
+        if self._on_stage is not None:
+            for e in batch:
+                self._on_stage("queue_wait", started - e.enqueued)
+        results, failed = self._call(batch)
+        if failed and len(batch) > 1:
+            # One item may have broken the batch: run each alone, so only that item's request fails.
+            log.warning("retrying the %d items of a failed batch one by one", len(batch))
+            results = [self._call([e])[0][0] for e in batch]
+        ended = time.monotonic()
         with self._cond:
             self._batches += 1
             self._items += len(batch)
             self._failed += failed
             self._sizes[len(batch)] += 1
+            self._busy += ended - started
+            self._recent = [(s, e) for s, e in self._recent if e > ended - BUSY_WINDOW_S]
+            self._recent.append((started, ended))
         for entry, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 entry.future.set_exception(result)
             else:
                 entry.future.set_result(result)
+
+    def _call(self, batch: list[_Entry]) -> tuple[list[Any], bool]:
+        """(one result or exception per entry, whether run_batch itself raised)."""
+        try:
+            results = list(self._run_batch([e.item for e in batch]))
+            if len(results) != len(batch):
+                raise EngineError(f"batch returned {len(results)} results for {len(batch)} items")
+            return results, False
+        except BaseException as exc:  # noqa: BLE001 - the owner thread must survive anything
+            log.exception("batch of %d items failed", len(batch))
+            return [exc] * len(batch), True

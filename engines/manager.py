@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.types import Diarizer, ModelMissingError, SttEngine, Translator, TtsEngine
+from engines.types import Diarizer, ModelMissingError, StageFn, SttEngine, Translator, TtsEngine
 
 log = logging.getLogger("speech7.models")
 
@@ -30,6 +30,8 @@ class EngineConfig:
     batch_window_ms: float = 10.0
     device_index: tuple[int, ...] = (0,)
     diarizer: str = "builtin"  # builtin | pyannote:<name> | off
+    stt_workers_per_device: int = 0  # 0: 2 on CUDA, 1 on CPU (see WhisperEngine)
+    on_stage: StageFn | None = None  # per-stage timings for the server's metrics
 
 
 def cuda_available() -> bool:
@@ -85,6 +87,8 @@ class ModelManager:
                 d, model_name=model, device=self.config.device, compute_type=self.config.compute_type or None,
                 cpu_threads=self.config.cpu_threads, device_index=self.config.device_index,
                 max_batch_size=self.config.max_batch_size or None, batch_window_ms=self.config.batch_window_ms,
+                workers_per_device=self.config.stt_workers_per_device or (2 if self.config.device == "cuda" else 1),
+                on_stage=self.config.on_stage,
             )
 
         return self._get(f"whisper:{model}", load)

@@ -17,6 +17,7 @@ import numpy as np
 SAMPLE_RATE = 16_000
 
 ProgressFn = Callable[[float], None]  # fraction done, 0.0 .. 1.0
+StageFn = Callable[[str, float], None]  # (stage name, seconds): per-stage timings for the server's metrics
 
 
 class EngineError(Exception):
@@ -49,14 +50,48 @@ class Segment:
     speaker: int | None = None
 
 
+@runtime_checkable
+class AudioSource(Protocol):
+    """Audio an engine reads piece by piece (float32 mono 16 kHz), e.g. a decoded upload on disk
+    (engines.frontend.PreparedAudio), so a long recording never has to sit in memory whole."""
+
+    @property
+    def samples(self) -> int: ...
+
+    def read(self, start: int, end: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayAudio:
+    """An in-memory array as an AudioSource (reads are views, not copies)."""
+
+    pcm: np.ndarray
+
+    @property
+    def samples(self) -> int:
+        return int(self.pcm.size)
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        return self.pcm[max(0, start) : max(0, end)]
+
+
+def as_source(audio: np.ndarray | AudioSource) -> AudioSource:
+    if isinstance(audio, np.ndarray):
+        return ArrayAudio(np.ascontiguousarray(audio, dtype=np.float32).reshape(-1))
+    return audio
+
+
 @dataclass(frozen=True, eq=False)
 class SttRequest:
-    audio: np.ndarray  # float32 mono 16 kHz
+    audio: np.ndarray | AudioSource  # float32 mono 16 kHz
     language_hints: tuple[str, ...] = ()  # one hint forces it; several restrict detection to them
     task: Literal["transcribe", "translate"] = "transcribe"
     word_timestamps: bool = True
     terms: tuple[str, ...] = ()  # dictionary terms that steer decoding (hotwords / prompt)
     vad: bool = True
+    # Speech spans (samples) found already, e.g. by the front end while decoding: the engine skips its VAD.
+    speech: tuple[tuple[int, int], ...] | None = None
+    group: object = None  # who the work is for: the batch queue shares the model fairly between groups
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.types import SAMPLE_RATE
+from engines.types import SAMPLE_RATE, AudioSource
 
 CHUNK_SECONDS = 30.0
 
@@ -48,6 +48,11 @@ class Chunk:
             s, e = self.spans[0]
             return pcm[s:e]
         return np.concatenate([pcm[s:e] for s, e in self.spans])
+
+    def read(self, source: AudioSource) -> np.ndarray:
+        """The chunk's audio from a source that is read piece by piece (a decoded upload on disk)."""
+        pieces = [source.read(s, e) for s, e in self.spans]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def piece_index(self, t: float) -> int:
         """Which span a chunk-local time falls in (a time on a cut belongs to the piece before it)."""
@@ -96,17 +101,6 @@ def fixed_chunks(n_samples: int, max_seconds: float = CHUNK_SECONDS, sample_rate
     return plan_chunks([(0, n_samples)], max_seconds, sample_rate) if n_samples > 0 else []
 
 
-def speech_spans(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> list[tuple[int, int]]:
-    """Silero VAD speech spans in samples, with faster-whisper's batched-pipeline settings (short 160 ms
-    silences split spans, so chunks can be packed tightly; spans never exceed `max_seconds`)."""
-    from faster_whisper.vad import VadOptions
-
-    if audio.size == 0:
-        return []
-    options = VadOptions(max_speech_duration_s=max_seconds, min_silence_duration_ms=160)
-    return spans_from_probabilities(speech_probabilities(audio), audio.size, options)
-
-
 VAD_WINDOW = 512  # samples per Silero decision (32 ms)
 VAD_CONTEXT = 64  # samples of the previous window Silero sees in front of each window
 # Windows per ONNX call (32 s of audio). faster-whisper uses 10000 (5.3 min): ONNX Runtime's working memory
@@ -114,42 +108,84 @@ VAD_CONTEXT = 64  # samples of the previous window Silero sees in front of each 
 VAD_BLOCK_WINDOWS = 1000
 
 
-def speech_probabilities(audio: np.ndarray, block_windows: int = VAD_BLOCK_WINDOWS) -> np.ndarray:
-    """Silero's speech probability per 512-sample window, computed block by block.
+def speech_spans(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> list[tuple[int, int]]:
+    """Silero VAD speech spans in samples, with faster-whisper's batched-pipeline settings (short 160 ms
+    silences split spans, so chunks can be packed tightly; spans never exceed `max_seconds`)."""
+    if audio.size == 0:
+        return []
+    return spans_from_probabilities(speech_probabilities(audio), audio.size, vad_options(max_seconds))
 
-    Why not faster-whisper's `get_speech_timestamps`: it pads a copy of the whole recording and then builds
-    a second, 12 % larger copy with each window's context prepended, i.e. 2.1x the audio in temporaries
-    (480 MB for an hour). Here one reused block buffer holds the windows; the LSTM state (h, c) and the
-    64-sample context carry across blocks, so the probabilities are the same as on the whole array.
-    Like upstream, the audio is zero-padded to a whole window plus one when it is already a multiple.
-    """
+
+def vad_options(max_seconds: float = CHUNK_SECONDS) -> Any:
+    """faster-whisper's `VadOptions` as its batched pipeline sets them."""
+    from faster_whisper.vad import VadOptions
+
+    return VadOptions(max_speech_duration_s=max_seconds, min_silence_duration_ms=160)
+
+
+def speech_probabilities(audio: np.ndarray, block_windows: int = VAD_BLOCK_WINDOWS) -> np.ndarray:
+    """Silero's speech probability per 512-sample window of a whole recording (see `SileroStream`)."""
+    stream = SileroStream(block_windows=block_windows)
+    return np.concatenate([stream.feed(audio), stream.flush()])
+
+
+def silero_session() -> Any:
+    """The Silero ONNX session bundled with faster-whisper (one per process, single-threaded; `run` is
+    thread-safe)."""
     from faster_whisper.vad import get_vad_model
 
-    session = get_vad_model().session
-    pcm = np.asarray(audio, dtype=np.float32).reshape(-1)
-    n_windows = pcm.size // VAD_WINDOW + 1
-    block = max(1, min(block_windows, n_windows))
-    buf = np.zeros((block, VAD_CONTEXT + VAD_WINDOW), dtype=np.float32)
-    h = np.zeros((1, 1, 128), dtype=np.float32)
-    c = np.zeros((1, 1, 128), dtype=np.float32)
-    probs = np.empty(n_windows, dtype=np.float32)
-    tail = np.zeros(VAD_CONTEXT, dtype=np.float32)  # the previous block's last 64 samples
-    for w0 in range(0, n_windows, block):
-        k = min(block, n_windows - w0)
-        body = buf[:k, VAD_CONTEXT:]
-        piece = pcm[w0 * VAD_WINDOW : (w0 + k) * VAD_WINDOW]
-        full = piece.size // VAD_WINDOW
-        body[:full] = piece[: full * VAD_WINDOW].reshape(full, VAD_WINDOW)
-        if full < k:  # the last, zero-padded window
-            body[full:] = 0.0
-            body[full, : piece.size - full * VAD_WINDOW] = piece[full * VAD_WINDOW :]
-        # Each window's context is the tail of the window before it; the first block's first one is silence.
-        buf[0, :VAD_CONTEXT] = tail
+    return get_vad_model().session
+
+
+class SileroStream:
+    """Silero's speech probability per 512-sample window, for audio that arrives in pieces.
+
+    Why not faster-whisper's `get_speech_timestamps`: it needs the whole recording and pads a copy of it,
+    then builds a second, 12 % larger copy with each window's context prepended, i.e. 2.1x the audio in
+    temporaries (480 MB for an hour). Here one reused block buffer holds the windows, and the LSTM state
+    (h, c) and the 64-sample context carry across calls, so the probabilities are the same whatever the
+    pieces: a decoder can feed blocks as it produces them and never hold the recording.
+    Like upstream, `flush` zero-pads the end to a whole window, adding one when the audio is a multiple.
+    """
+
+    def __init__(self, session: Any = None, block_windows: int = VAD_BLOCK_WINDOWS) -> None:
+        self._session = session if session is not None else silero_session()
+        self._block = max(1, block_windows)
+        self._buf = np.zeros((self._block, VAD_CONTEXT + VAD_WINDOW), dtype=np.float32)
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._tail = np.zeros(VAD_CONTEXT, dtype=np.float32)  # the last window's last 64 samples
+        self._rest = np.zeros(0, dtype=np.float32)  # samples short of a whole window, kept for the next call
+        self.windows = 0  # probabilities produced so far
+
+    def feed(self, pcm: np.ndarray) -> np.ndarray:
+        """Probabilities of every whole window completed by `pcm` (the remainder waits for more audio)."""
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if self._rest.size:
+            pcm = np.concatenate([self._rest, pcm])
+        whole = pcm.size // VAD_WINDOW
+        self._rest = pcm[whole * VAD_WINDOW :].copy()
+        out = [self._run(pcm[w0 * VAD_WINDOW : (w0 + k) * VAD_WINDOW], k)
+               for w0 in range(0, whole, self._block) for k in (min(self._block, whole - w0),)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def flush(self) -> np.ndarray:
+        """The last (partial, zero-padded) window; the stream is then at its end."""
+        last = np.zeros(VAD_WINDOW, dtype=np.float32)
+        last[: self._rest.size] = self._rest
+        self._rest = np.zeros(0, dtype=np.float32)
+        return self._run(last, 1)
+
+    def _run(self, windows: np.ndarray, k: int) -> np.ndarray:
+        buf = self._buf[:k]
+        buf[:, VAD_CONTEXT:] = windows.reshape(k, VAD_WINDOW)
+        # Each window's context is the tail of the window before it; the stream's first one is silence.
+        buf[0, :VAD_CONTEXT] = self._tail
         buf[1:k, :VAD_CONTEXT] = buf[: k - 1, -VAD_CONTEXT:]
-        tail = buf[k - 1, -VAD_CONTEXT:].copy()
-        out, h, c = session.run(None, {"input": buf[:k], "h": h, "c": c})
-        probs[w0 : w0 + k] = np.asarray(out).reshape(-1)
-    return probs
+        self._tail = buf[k - 1, -VAD_CONTEXT:].copy()
+        out, self._h, self._c = self._session.run(None, {"input": buf, "h": self._h, "c": self._c})
+        self.windows += k
+        return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
 def spans_from_probabilities(probs: np.ndarray, n_samples: int, options: Any) -> list[tuple[int, int]]:

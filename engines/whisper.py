@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from engines.types import (
     ModelMissingError,
     ProgressFn,
     Segment,
+    StageFn,
     StreamOptions,
     SttRequest,
     SttResult,
     SttStream,
     Word,
+    as_source,
 )
 from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
 from engines.whisper_text import choose_language, group_words, is_silence, normalize_language
@@ -107,7 +110,12 @@ class WhisperEngine:
         max_batch_size: int | None = None,
         batch_window_ms: float = 10.0,
         beam_size: int = 5,
+        workers_per_device: int = 1,
+        on_stage: StageFn | None = None,
     ) -> None:
+        """`workers_per_device` model replicas per device, each fed by its own batch worker: on a GPU, two let
+        one batch's CPU side (prompts, alignment, segmenting) overlap the other's kernels. `on_stage(name,
+        seconds)` receives the timings of "queue_wait", "encode_generate", "align" and "vad" (metrics)."""
         model_dir = Path(model_dir)
         if not (model_dir / "model.bin").is_file():
             hint = _INSTALL_HINTS.get(model_name, f"copy a faster-whisper CTranslate2 directory to {model_dir}")
@@ -118,21 +126,24 @@ class WhisperEngine:
         self.device = device
         self.compute_type = compute_type or ("float16" if device == "cuda" else "int8")
         self.beam_size = beam_size
+        self._on_stage = on_stage
+        per_device = max(1, workers_per_device)
         try:
             self._wm = WhisperModel(
                 str(model_dir), device=device, device_index=list(device_index),
-                compute_type=self.compute_type, cpu_threads=cpu_threads, num_workers=1,
+                compute_type=self.compute_type, cpu_threads=cpu_threads, num_workers=per_device,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise EngineError(f"could not load Whisper model {model_name!r} from {model_dir}: {exc}") from exc
         self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         self._tok_lock = threading.Lock()
         batch = max_batch_size or (16 if device == "cuda" else 8)
-        # One owner thread per device replica: CTranslate2 runs one call per replica at a time.
+        # One owner thread per replica: CTranslate2 runs one call per replica at a time.
+        replicas = (max(1, len(device_index)) if device == "cuda" else 1) * per_device
         self.workers = tuple(
             BatchWorker(self._run_batch, max_batch_size=batch, batch_window_ms=batch_window_ms,
-                        name=f"whisper-{model_name}-{i}")
-            for i in range(max(1, len(device_index)) if device == "cuda" else 1)
+                        name=f"whisper-{model_name}-{i}", on_stage=on_stage)
+            for i in range(replicas)
         )
 
     # ------------------------------------------------------------------ SttEngine
@@ -150,9 +161,14 @@ class WhisperEngine:
         return self._wm
 
     def transcribe(self, request: SttRequest, progress: ProgressFn | None = None) -> SttResult:
-        audio = np.ascontiguousarray(request.audio, dtype=np.float32).reshape(-1)
-        duration = audio.size / SAMPLE_RATE
-        chunks = plan_chunks(speech_spans(audio)) if request.vad else fixed_chunks(audio.size)
+        source = as_source(request.audio)
+        duration = source.samples / SAMPLE_RATE
+        spans = request.speech
+        if spans is None and request.vad:
+            began = time.perf_counter()
+            spans = tuple(speech_spans(source.read(0, source.samples)))
+            self._stage("vad", time.perf_counter() - began)
+        chunks = plan_chunks(spans) if spans is not None else fixed_chunks(source.samples)
         worker = self._pick_worker()
         if not chunks:  # silence: nothing to decode, so nothing to detect a language from
             lang = normalize_language(request.language_hints[0]) if request.language_hints else "en"
@@ -165,12 +181,14 @@ class WhisperEngine:
         tok = self._tokenizer(request.task, known[0] if known is not None else "en")  # "en": a placeholder
         prompt = self._prompt(tok, request.terms, None)
         key = _batch_key(request.task, language, prompt)
+        group = request.group if request.group is not None else object()
 
         def make_item(i: int) -> _Item:
-            feats, frames = self._features(chunks[i].audio(audio))
+            # Read and featurize a chunk only when it is due: a long file holds a few chunks, not itself.
+            feats, frames = self._features(chunks[i].read(source))
             return _Item(feats, frames, chunks[i].duration, prompt, request.task, language, slot, i == 0)
 
-        decoded = self._run_items(worker, key, make_item, len(chunks), PRIORITY_FILE, progress)
+        decoded = self._run_items(worker, key, make_item, len(chunks), PRIORITY_FILE, progress, group)
         language, prob = known if known is not None else _slot_language(slot)
         out_lang = "en" if request.task == "translate" else language
         segments = [
@@ -189,8 +207,10 @@ class WhisperEngine:
         terms: Sequence[str] = (),
         priority: int = PRIORITY_REALTIME,
         word_timestamps: bool = True,
+        group: object = None,
     ) -> SttResult:
-        """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming."""
+        """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming.
+        `group` (e.g. the stream) lets the batch queue share the model fairly between streams."""
         pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
         duration = pcm.size / SAMPLE_RATE
         if pcm.size == 0:
@@ -204,7 +224,9 @@ class WhisperEngine:
         tok = self._tokenizer(task, known[0] if known is not None else "en")
         full_prompt = self._prompt(tok, tuple(terms), prompt)
         item = _Item(feats[0], feats[1], duration, full_prompt, task, lang, slot, True)
-        [decoded] = self._run_items(worker, _batch_key(task, lang, full_prompt), lambda _i: item, 1, priority, None)
+        [decoded] = self._run_items(
+            worker, _batch_key(task, lang, full_prompt), lambda _i: item, 1, priority, None, group
+        )
         lang, prob = known if known is not None else _slot_language(slot)
         segs = _to_segments(Chunk(((0, pcm.size),)), decoded, "en" if task == "translate" else lang, word_timestamps)
         return SttResult(tuple(segs), lang, prob, duration)
@@ -224,7 +246,7 @@ class WhisperEngine:
         return WhisperStream(self, options)
 
     def batch_stats(self) -> BatchStats:
-        """Counters summed over this model's workers (for /metrics)."""
+        """Counters summed over this model's workers (for /metrics); busy_ratio is the busiest worker's."""
         stats = [w.stats() for w in self.workers]
         sizes: dict[int, int] = {}
         for s in stats:
@@ -232,7 +254,8 @@ class WhisperEngine:
                 sizes[k] = sizes.get(k, 0) + v
         return BatchStats(
             sum(s.batches for s in stats), sum(s.items for s in stats), sum(s.failed_batches for s in stats),
-            sizes, sum(s.queue_depth for s in stats),
+            sizes, sum(s.queue_depth for s in stats), sum(s.busy_seconds for s in stats),
+            max(s.busy_ratio for s in stats),
         )
 
     def close(self) -> None:
@@ -240,6 +263,10 @@ class WhisperEngine:
             w.close()
 
     # ------------------------------------------------------------------ request-thread helpers
+    def _stage(self, name: str, seconds: float) -> None:
+        if self._on_stage is not None:
+            self._on_stage(name, seconds)
+
     def _pick_worker(self) -> BatchWorker:
         # A request keeps all its items on one worker so they can share batches.
         return min(self.workers, key=lambda w: w.stats().queue_depth)
@@ -305,7 +332,8 @@ class WhisperEngine:
         return choose_language(probs, self._usable_hints(hints), self.supported_languages)
 
     def _run_items(
-        self, worker: BatchWorker, key: Hashable, make_item: Any, n: int, priority: int, progress: ProgressFn | None
+        self, worker: BatchWorker, key: Hashable, make_item: Any, n: int, priority: int, progress: ProgressFn | None,
+        group: object = None,
     ) -> list[_Decoded]:
         """Feeds `n` items to the worker, keeping at most two batches' worth of this request in the queue:
         this bounds the memory of long files and lets concurrent requests interleave fairly."""
@@ -316,7 +344,7 @@ class WhisperEngine:
         try:
             while done < n:
                 while submitted < n and len(pending) < limit:
-                    pending[worker.submit(make_item(submitted), key, priority)] = submitted
+                    pending[worker.submit(make_item(submitted), key, priority, group)] = submitted
                     submitted += 1
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -331,6 +359,16 @@ class WhisperEngine:
 
     # ------------------------------------------------------------------ the owner thread
     def _run_batch(self, items: list[_Item]) -> list[Any]:
+        began = time.perf_counter()
+        align = [0.0]  # seconds of word alignment in this batch, added up by _decode_batch
+        try:
+            return self._run_batch_timed(items, align)
+        finally:
+            self._stage("encode_generate", time.perf_counter() - began - align[0])
+            if align[0]:
+                self._stage("align", align[0])
+
+    def _run_batch_timed(self, items: list[_Item], align: list[float]) -> list[Any]:
         from faster_whisper.transcribe import get_ctranslate2_storage
 
         stacked = np.stack([it.features for it in items])
@@ -339,7 +377,7 @@ class WhisperEngine:
             return [{tok[2:-2]: p for tok, p in res} for res in found]
         encoder_output = self._wm.encode(stacked)
         if items[0].slot is None:  # the key holds one known language
-            return self._decode_batch(items, encoder_output, items[0].language)
+            return self._decode_batch(items, encoder_output, items[0].language, align)
         if any(it.detects and it.slot is not None and it.slot.language is None for it in items):
             found = self._wm.model.detect_language(encoder_output)  # one decoder step on the encoded batch
             for it, res in zip(items, found, strict=True):
@@ -363,11 +401,11 @@ class WhisperEngine:
             # Alignment takes one start sequence per call: requests in different languages that met in one
             # batch are decoded per language, each group re-encoded on its own (rare: concurrent languages).
             enc = encoder_output if len(idx) == len(items) else self._wm.encode(stacked[idx])
-            for i, d in zip(idx, self._decode_batch([items[i] for i in idx], enc, lang), strict=True):
+            for i, d in zip(idx, self._decode_batch([items[i] for i in idx], enc, lang, align), strict=True):
                 out[i] = d
         return out
 
-    def _decode_batch(self, items: list[_Item], encoder_output: Any, language: str) -> list[_Decoded]:
+    def _decode_batch(self, items: list[_Item], encoder_output: Any, language: str, align: list[float]) -> list[_Decoded]:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         tok = self._tokenizer(items[0].task, language)
@@ -378,6 +416,7 @@ class WhisperEngine:
             suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
             return_scores=True, return_no_speech_prob=True,
         )
+        aligned_from = time.perf_counter()
         segmented: list[list[dict]] = []
         for it, res in zip(items, results, strict=True):
             seq = [t for t in res.sequences_ids[0] if t < tok.eot]
@@ -390,6 +429,7 @@ class WhisperEngine:
         self._wm.add_word_timestamps(
             segmented, tok, encoder_output, [it.frames for it in items], _PREPEND, _APPEND, 0.0
         )
+        align[0] += time.perf_counter() - aligned_from
         return [
             _Decoded(tok.decode(seg["tokens"]), tuple(
                 (w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg["words"]

@@ -137,7 +137,8 @@ class GpuPeak:
 class Server:
     """The real server in a subprocess, so the clients' Python does not share its interpreter."""
 
-    def __init__(self, models_dir: Path, device: str, model: str, cpu_threads: int, batch_size: int) -> None:
+    def __init__(self, models_dir: Path, device: str, model: str, cpu_threads: int, batch_size: int,
+                 *, argv: Sequence[str] = ("-m", "server.cli", "serve"), env: dict[str, str] | None = None) -> None:
         import socket
 
         import httpx
@@ -150,9 +151,10 @@ class Server:
             **os.environ, "S7_DATA_DIR": self._tmp.name, "S7_MODELS_DIR": str(models_dir), "S7_PORT": str(port),
             "S7_ADMIN_KEY": ADMIN_KEY, "S7_DEVICE": device, "S7_DEFAULT_STT": model, "S7_LOG_LEVEL": "warning",
             "S7_CPU_THREADS": str(cpu_threads), "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000",
+            **(env or {}),
         }
         self.url = f"http://127.0.0.1:{port}"
-        self._proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env)
+        self._proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -170,11 +172,16 @@ class Server:
         r.raise_for_status()
         self.key = r.json()["apiKey"]
 
-    def run(self, data: bytes, concurrency: int) -> tuple[float, list[str]]:
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def run(self, data: bytes, concurrency: int, filename: str = "bench.wav") -> tuple[float, list[str]]:
         import httpx
 
         async def one(client: httpx.AsyncClient) -> str:
-            r = await client.post("/stt", headers={"x-api-key": self.key}, files={"audio": ("bench.wav", data, "audio/wav")})
+            r = await client.post("/stt", headers={"x-api-key": self.key},
+                                  files={"audio": (filename, data, "application/octet-stream")})
             if r.status_code != 200:
                 raise RuntimeError(f"/stt answered {r.status_code}: {r.text[:300]}")
             return str(r.json()["text"])

@@ -72,15 +72,20 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
                 models_dir=settings.resolved_models_dir, device=device, compute_type=settings.compute_type,
                 cpu_threads=settings.cpu_threads, max_batch_size=settings.max_batch_size,
                 batch_window_ms=settings.batch_window_ms, device_index=settings.device_index,
-                diarizer=settings.default_diarizer,
+                diarizer=settings.default_diarizer, stt_workers_per_device=settings.stt_workers_per_device,
+                on_stage=metrics.observe_stage,
             )
         )
+        from engines.frontend import MediaFrontend
+
+        frontend = MediaFrontend(data_dir / "tmp", settings.frontend_workers, on_stage=metrics.observe_stage)
         app.state.settings = settings
         app.state.db = db
         app.state.catalog = catalog
         app.state.device = device
         app.state.realtime_sessions = 0  # open WS /stt/realtime sessions in this process (RealtimeSession)
         app.state.models = mgr
+        app.state.frontend = frontend
         app.state.accounts = AccountService(db, validate_spec)
         app.state.minutes = MinutesPool(db)
         app.state.admin_sessions = AdminSessions(settings.session_secret)
@@ -94,6 +99,7 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
             yield
         finally:
             await services.stop()
+            frontend.close()
             mgr.close()
             await db.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from starlette.requests import Request
@@ -17,7 +18,9 @@ async def receive_authenticated_media(request: Request, limit_bytes: int) -> tup
     a key sent as an `apiKey` form field is checked after parsing. The temp file is removed on any error."""
     early = await require_account(request) if key_from_request(request) else None
     tmp = Path(request.app.state.settings.data_dir) / "tmp"
+    began = time.perf_counter()
     upload = await receive_media(request, tmp_dir=tmp, limit_bytes=limit_bytes)
+    request.app.state.metrics.observe_stage("upload", time.perf_counter() - began)
     try:
         account = early or await require_account(request, upload.fields)
         if upload.media is None:

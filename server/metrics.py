@@ -13,6 +13,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# Pipeline stages are shorter than requests: a batch or a 30 s decode takes milliseconds on a GPU.
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
+# Where a request's time goes (issue: which stage starves the GPU must be visible in production).
+STAGES = ("upload", "decode", "vad", "queue_wait", "encode_generate", "align", "diarization", "tts_synthesis")
 
 
 class Metrics:
@@ -23,6 +27,18 @@ class Metrics:
         self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
         self.latency_buckets: dict[tuple[str, str, float], int] = defaultdict(int)
         self.audio_seconds: dict[str, float] = defaultdict(float)
+        self.stage_sum: dict[str, float] = defaultdict(float)
+        self.stage_count: dict[str, int] = defaultdict(int)
+        self.stage_buckets: dict[tuple[str, float], int] = defaultdict(int)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One timing of a pipeline stage (engines call this from any thread, through a StageFn)."""
+        with self._lock:
+            self.stage_sum[stage] += seconds
+            self.stage_count[stage] += 1
+            for b in STAGE_BUCKETS:
+                if seconds <= b:
+                    self.stage_buckets[(stage, b)] += 1
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -51,6 +67,16 @@ class Metrics:
                 lines.append(f's7_request_seconds_bucket{{method="{m}",route="{r}",le="+Inf"}} {count}')
                 lines.append(f's7_request_seconds_sum{{method="{m}",route="{r}"}} {self.latency_sum[(m, r)]:.6f}')
                 lines.append(f's7_request_seconds_count{{method="{m}",route="{r}"}} {count}')
+            lines += ["# HELP s7_stage_seconds Time per pipeline stage (upload, decode, vad, queue_wait, "
+                      "encode_generate, align, diarization, tts_synthesis)", "# TYPE s7_stage_seconds histogram"]
+            for stage in sorted(set(STAGES) | set(self.stage_count)):
+                count = self.stage_count.get(stage, 0)
+                for b in STAGE_BUCKETS:
+                    n = self.stage_buckets.get((stage, b), 0)
+                    lines.append(f's7_stage_seconds_bucket{{stage="{stage}",le="{b}"}} {n}')
+                lines.append(f's7_stage_seconds_bucket{{stage="{stage}",le="+Inf"}} {count}')
+                lines.append(f's7_stage_seconds_sum{{stage="{stage}"}} {self.stage_sum.get(stage, 0.0):.6f}')
+                lines.append(f's7_stage_seconds_count{{stage="{stage}"}} {count}')
             lines += ["# HELP s7_audio_seconds_total Audio processed, by kind", "# TYPE s7_audio_seconds_total counter"]
             for kind, secs in sorted(self.audio_seconds.items()):
                 lines.append(f's7_audio_seconds_total{{kind="{kind}"}} {secs:.3f}')
@@ -86,18 +112,23 @@ def _engine_lines(engines: dict[str, Any]) -> Iterable[str]:
 def _gpu_lines() -> Iterable[str]:
     # NVML sees every allocation on the device (CTranslate2's and onnxruntime's too, which torch's
     # allocator counters miss), so it is asked first; torch is the fallback when NVML is absent.
-    used = _nvml_used_bytes()
-    if used is None:
-        used = _torch_allocated_bytes()
+    nvml = _nvml_readings()
+    used = [u for u, _ in nvml] if nvml is not None else _torch_allocated_bytes()
     if not used:
         return
     yield "# HELP s7_gpu_memory_used_bytes GPU memory in use per device"
     yield "# TYPE s7_gpu_memory_used_bytes gauge"
     for i, n in enumerate(used):
         yield f's7_gpu_memory_used_bytes{{device="{i}"}} {n}'
+    if nvml is not None:
+        yield "# HELP s7_gpu_utilization_ratio Share of the last sample period the GPU ran kernels (NVML)"
+        yield "# TYPE s7_gpu_utilization_ratio gauge"
+        for i, (_, util) in enumerate(nvml):
+            yield f's7_gpu_utilization_ratio{{device="{i}"}} {util / 100:.2f}'
 
 
-def _nvml_used_bytes() -> list[int] | None:
+def _nvml_readings() -> list[tuple[int, int]] | None:
+    """(memory used in bytes, utilisation in %) per device, from the driver's NVML; None without one."""
     import ctypes
 
     try:
@@ -107,6 +138,9 @@ def _nvml_used_bytes() -> list[int] | None:
 
     class MemoryInfo(ctypes.Structure):
         _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    class Utilization(ctypes.Structure):
+        _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
 
     try:
         if nvml.nvmlInit_v2() != 0:
@@ -118,11 +152,13 @@ def _nvml_used_bytes() -> list[int] | None:
         for i in range(count.value):
             handle = ctypes.c_void_p()
             info = MemoryInfo()
+            util = Utilization()
             if nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) != 0:
                 return None
             if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(info)) != 0:
                 return None
-            out.append(int(info.used))
+            busy = util.gpu if nvml.nvmlDeviceGetUtilizationRates(handle, ctypes.byref(util)) == 0 else 0
+            out.append((int(info.used), int(busy)))
         return out
     except AttributeError:
         return None

@@ -43,6 +43,14 @@ class Settings:
     cpu_threads: int = 0
     max_batch_size: int = 0  # 0: 8 on CPU, 16 on CUDA
     batch_window_ms: float = 10.0
+    # Whisper replicas per device, each fed by its own batch worker (0: 2 on CUDA, so one batch's CPU side
+    # overlaps the other's kernels; 1 on CPU).
+    stt_workers_per_device: int = 0
+    # Processes that decode uploads and run Silero VAD (-1: one per core; 0: threads of the server process).
+    frontend_workers: int = -1
+    # The longest audio one request may decode to, whatever the account's balance (a small file can decode
+    # to hours); longer media is refused after reading this much.
+    max_audio_hours: float = 6.0
     device_index: tuple[int, ...] = (0,)
     job_workers: int = 1
     job_retention_hours: float = 24.0

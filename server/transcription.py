@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engines.assign import Entry, assign_speakers, build_entries, merge_turns
+from engines.frontend import PreparedAudio
 from engines.types import (
-    SAMPLE_RATE,
     DiarizationRequest,
     EngineError,
     ModelMissingError,
@@ -27,7 +28,7 @@ from engines.types import (
 )
 from server.accounts import Account
 from server.errors import ApiError, payment_required, unprocessable
-from server.minutes import MinutesPool, quantize_minutes
+from server.minutes import QUANTUM_MINUTES, MinutesPool, Reservation, quantize_minutes
 from server.stt_options import SttOptions, speaker_label
 
 log = logging.getLogger("speech7.stt")
@@ -44,15 +45,10 @@ class Transcript:
     speakers: tuple[int, ...]  # speaker indices in order of first appearance
 
 
-def decode_media(path: Path) -> np.ndarray:
-    from engines.audio import EmptyMediaError, UndecodableMediaError, decode_file
-
-    try:
-        return decode_file(path)
-    except EmptyMediaError as exc:
-        raise unprocessable(str(exc), code="empty_media") from None
-    except UndecodableMediaError as exc:
-        raise unprocessable(str(exc), code="undecodable_media") from None
+def covered_seconds(balance_minutes: float) -> float:
+    """The most audio a balance pays for: whole 0.5-minute quanta (a 40 s file costs 1.0 min, so 0.7 min
+    left covers 30 s, not 42)."""
+    return math.floor(max(0.0, balance_minutes) / QUANTUM_MINUTES + 1e-9) * QUANTUM_MINUTES * 60.0
 
 
 class TranscriptionService:
@@ -63,38 +59,94 @@ class TranscriptionService:
     def minutes(self) -> MinutesPool:
         return self._state.minutes
 
+    async def prepare_media(self, path: Path, cover_s: float) -> PreparedAudio:
+        """Decode (at most `cover_s` of audio, and never past the server's cap) and find the speech, in the
+        front end's worker processes. Cancelling the caller stops the decoding."""
+        from engines.audio import EmptyMediaError, UndecodableMediaError
+        from engines.frontend import MediaTooLongError
+
+        cap_s = self._state.settings.max_audio_hours * 3600.0
+        limit = min(cover_s, cap_s)
+        try:
+            return await self._state.frontend.aprepare(path, vad=True, max_seconds=limit)
+        except EmptyMediaError as exc:
+            raise unprocessable(str(exc), code="empty_media") from None
+        except UndecodableMediaError as exc:
+            raise unprocessable(str(exc), code="undecodable_media") from None
+        except MediaTooLongError:
+            if limit < cap_s:
+                raise payment_required(
+                    f"Not enough minutes: the media is longer than the {limit / 60:g} min of audio "
+                    "your balance covers"
+                ) from None
+            raise ApiError(413, "media_too_long", f"The media is longer than this server's limit of "
+                           f"{cap_s / 3600:g} hours of audio per request") from None
+
     async def transcribe_file(
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
         progress: Progress | None = None, reservation_id: int | None = None,
     ) -> Transcript:
+        """Decode, reserve exactly what the audio costs, run the engines, settle (or refund on failure).
+
+        Decoding never goes past what the balance covers (plus, for a subtitle job, what it reserved at
+        upload), so a small file that decodes to hours costs a bounded amount of work before the 402."""
         selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize)
-        if reservation_id is None and account.minutes <= 0:
+        held: Reservation | None = None
+        if reservation_id is not None:  # subtitle jobs reserve at upload time and settle here
+            held = await self.minutes.get(reservation_id)
+            if held is None:
+                raise ApiError(500, "reservation_missing", "the job's minutes reservation is gone")
+        cover = covered_seconds(account.minutes + (held.minutes if held is not None else 0.0))
+        if cover <= 0:
             # Decoding a large upload only to refuse it would waste the server's time; reserve() below stays
             # the authoritative check (the balance read at authentication may be stale).
-            raise payment_required("Not enough minutes: the account has 0 min left")
-        audio = await asyncio.to_thread(decode_media, path)
-        duration = len(audio) / SAMPLE_RATE
-        if reservation_id is None:
-            reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind=kind, reference=reference)
-        else:  # subtitle jobs reserve at upload time and settle here
-            found = await self.minutes.get(reservation_id)
-            if found is None:
-                raise ApiError(500, "reservation_missing", "the job's minutes reservation is gone")
-            reservation = found
+            raise payment_required(
+                f"Not enough minutes: a request costs at least {QUANTUM_MINUTES:g} min, "
+                f"the account has {account.minutes:g} min left"
+            )
+        prepared = await self.prepare_media(path, cover)
         try:
-            transcript = await asyncio.to_thread(self._run, selection.model, audio, options, progress)
-        except BaseException as exc:
-            await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
-            if isinstance(exc, ModelMissingError):
-                raise ApiError(503, "model_missing", str(exc)) from None
-            if isinstance(exc, EngineError):
-                raise unprocessable(str(exc), code="engine_error") from None
-            raise
-        charged = await self.minutes.settle(reservation, quantize_minutes(duration), audio_seconds=duration, reference=reference)
+            duration = prepared.duration
+            cost = quantize_minutes(duration)
+            if held is None:
+                reservation = await self.minutes.reserve(account.id, cost, kind=kind, reference=reference)
+            elif cost > held.minutes:  # the header under-stated the length: cover the rest before the work
+                try:
+                    reservation = await self.minutes.extend(held, cost - held.minutes)
+                except ApiError:
+                    raise payment_required(
+                        f"Not enough minutes: the media is {duration / 60:.1f} min long, {cost:g} min to pay, "
+                        f"{held.minutes:g} min were reserved at upload and the balance does not cover the rest"
+                    ) from None
+            else:
+                reservation = held
+            stop = threading.Event()
+
+            def report(fraction: float) -> None:
+                # The engine calls this between items: raising here is how a cancelled request (its client
+                # left) stops feeding the model; the engine then drops its queued items.
+                if stop.is_set():
+                    raise EngineError("the request was cancelled")
+                if progress is not None:
+                    progress(fraction)
+
+            try:
+                transcript = await asyncio.to_thread(self._run, selection.model, prepared, options, report)
+            except BaseException as exc:
+                stop.set()
+                await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
+                if isinstance(exc, ModelMissingError):
+                    raise ApiError(503, "model_missing", str(exc)) from None
+                if isinstance(exc, EngineError):
+                    raise unprocessable(str(exc), code="engine_error") from None
+                raise
+        finally:
+            prepared.discard()
+        charged = await self.minutes.settle(reservation, cost, audio_seconds=duration, reference=reference)
         self._state.metrics.add_audio(kind, duration)
         return replace(transcript, minutes_used=charged)
 
-    def _run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
+    def _run(self, model: str, audio: PreparedAudio, options: SttOptions, progress: Progress | None) -> Transcript:
         from engines.terms import correct_terms, correct_timed_words, translated_timed_words
 
         engine = self._state.models.stt(model)
@@ -110,7 +162,7 @@ class TranscriptionService:
         steer = options.terms + tuple(t for _, t in options.translation_terms) if translating else options.terms
         request = SttRequest(
             audio=audio, language_hints=options.language_hints, task=options.task,  # type: ignore[arg-type]
-            word_timestamps=True, terms=steer,
+            word_timestamps=True, terms=steer, speech=audio.speech, group=audio,
         )
         result = engine.transcribe(request, stt_progress)
         words_by_segment: list[list[Word]] = [list(s.words) for s in result.segments]
@@ -122,10 +174,12 @@ class TranscriptionService:
         speakers: tuple[int, ...] = ()
         if options.diarize:
             diarizer = self._state.models.diarizer()
+            began = time.perf_counter()
             dres = diarizer.diarize(
-                DiarizationRequest(audio, options.num_speakers, options.min_speakers, options.max_speakers),
+                DiarizationRequest(audio.load(), options.num_speakers, options.min_speakers, options.max_speakers),
                 (lambda f: progress(stt_share + f * (1 - stt_share))) if progress else None,
             )
+            self._state.metrics.observe_stage("diarization", time.perf_counter() - began)
             flat = [w for ws in words_by_segment for w in ws]
             assigned = assign_speakers(flat, dres.turns)
             it = iter(assigned)
@@ -142,7 +196,7 @@ class TranscriptionService:
             entries = [e if e.words else replace(e, text=correct_terms(e.text, fix)) for e in entries]
         if progress:
             progress(1.0)
-        return Transcript(result, tuple(entries), len(audio) / SAMPLE_RATE, 0.0, speakers)
+        return Transcript(result, tuple(entries), audio.duration, 0.0, speakers)
 
 
 # ---------------------------------------------------------------------- response shapes

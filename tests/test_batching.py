@@ -30,6 +30,8 @@ class Recorder:
         assert self.gate.wait(WAIT)
         if self.explode:
             raise RuntimeError("the whole batch broke")
+        if "poison" in items:  # an item that breaks whatever batch it is in (a model error, a bad input)
+            raise RuntimeError("poisoned batch")
         return [ValueError(f"cannot do {i}") if i == "bad" else i.upper() for i in items]
 
     def hold(self) -> None:
@@ -146,6 +148,46 @@ def test_a_failing_batch_fails_its_items_and_the_worker_goes_on(rec: Recorder) -
         rec.explode = False
         assert worker.submit("after", key="k").result(WAIT) == "AFTER"
         assert worker.stats().failed_batches == 2
+    finally:
+        worker.close()
+
+
+def test_an_item_that_breaks_its_batch_fails_alone_after_one_by_one_retries(rec: Recorder) -> None:
+    worker = _worker(rec)
+    try:
+        _block_on_first(worker, rec)
+        futs = {n: worker.submit(n, key="k") for n in ("a", "poison", "b")}
+        rec.release()
+        assert futs["a"].result(WAIT) == "A" and futs["b"].result(WAIT) == "B"
+        with pytest.raises(RuntimeError, match="poisoned batch"):
+            futs["poison"].result(WAIT)
+        assert rec.batches[1:] == [["a", "poison", "b"], ["a"], ["poison"], ["b"]]
+        assert worker.stats().failed_batches == 1
+    finally:
+        worker.close()
+
+
+def test_requests_take_turns_so_a_short_one_is_not_queued_behind_a_long_one(rec: Recorder) -> None:
+    worker = _worker(rec, max_batch_size=2)
+    long_req, short_req = object(), object()
+    try:
+        _block_on_first(worker, rec)
+        long_futs = [worker.submit(f"l{i}", key="k", group=long_req) for i in range(6)]
+        short = worker.submit("s0", key="k", group=short_req)
+        rec.release()
+        assert short.result(WAIT) == "S0" and [f.result(WAIT) for f in long_futs][-1] == "L5"
+        # The short request's only item rides in the first batch after the running one.
+        assert rec.batches[1:] == [["l0", "s0"], ["l1", "l2"], ["l3", "l4"], ["l5"]]
+    finally:
+        worker.close()
+
+
+def test_busy_time_is_measured(rec: Recorder) -> None:
+    worker = _worker(rec)
+    try:
+        worker.submit("x", key="k").result(WAIT)
+        stats = worker.stats()
+        assert stats.busy_seconds > 0 and 0 < stats.busy_ratio <= 1
     finally:
         worker.close()
 

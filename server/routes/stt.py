@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from server.disconnect import unless_disconnected
 from server.media_request import receive_authenticated_media
 from server.stt_options import parse_bool, parse_stt_options
 from server.transcription import TranscriptionService, stt_json
@@ -19,7 +20,9 @@ async def stt(request: Request) -> JSONResponse:
         as_array = parse_bool(upload.fields.get("json"), "json")
         service: TranscriptionService = request.app.state.transcription
         assert upload.media is not None
-        transcript = await service.transcribe_file(account, upload.media.path, options, kind="stt")
+        transcript = await unless_disconnected(
+            request, service.transcribe_file(account, upload.media.path, options, kind="stt")
+        )
     finally:
         upload.discard()
     body = stt_json(transcript, options)

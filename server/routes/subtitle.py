@@ -7,6 +7,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from server.auth import require_account
+from server.disconnect import unless_disconnected
 from server.media_request import receive_authenticated_media
 from server.stt_options import parse_stt_options
 from server.subtitle_jobs import SubtitleJobs
@@ -28,7 +29,9 @@ async def subtitle(request: Request) -> Response:
         fmt = parse_format(upload.fields)
         service: TranscriptionService = request.app.state.transcription
         assert upload.media is not None
-        transcript = await service.transcribe_file(account, upload.media.path, options, kind="subtitle")
+        transcript = await unless_disconnected(
+            request, service.transcribe_file(account, upload.media.path, options, kind="subtitle")
+        )
         name = upload.media.filename
     finally:
         upload.discard()
