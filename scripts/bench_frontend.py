@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_stt import ADMIN_KEY, Server, bench_audio, write_wav  # noqa: E402,F401
+from bench_stt import Server, bench_audio, tree_cpu_seconds, write_wav  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "S7_CPU_THREADS": "1",
               "S7_FRONTEND_WORKERS": "1"}
@@ -66,32 +66,6 @@ def serve_with_free_model() -> None:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (the front end's worker processes
-    are grandchildren, under the forkserver)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total = 0.0
-    for pid, seconds in cpu.items():
-        p = pid
-        while p and p != root and p in parents:
-            p = parents[p]
-        if p == root:
-            total += seconds
-    return total
 
 
 def level(server: Server, data: bytes, filename: str, c: int, repeat: int) -> tuple[float, float]:

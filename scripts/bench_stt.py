@@ -1,26 +1,28 @@
 """Speech-to-text throughput: the server's POST /stt path against plain faster-whisper, on the same audio in
 the same run.
 
-    .venv/bin/python scripts/bench_stt.py [--model whisper:base] [--device auto|cpu|cuda] [--minutes 10]
-                                          [--concurrency 1,4,16,64] [--models-dir DIR] [--cpu-threads N]
-                                          [--batch-size N] [--repeat N] [--skip-baselines]
-    (on a GPU whose system CUDA lacks cuBLAS 12: scripts/gpu_env.sh .venv/bin/python scripts/bench_stt.py ...)
+    .venv/bin/python scripts/bench_stt.py [--model whisper:base] [--device auto|cpu|cuda] [--minutes 2]
+                                          [--concurrency 1,8,32,64] [--models-dir DIR] [--cpu-threads N]
+                                          [--batch-size N] [--workers-per-device N] [--repeat N]
+                                          [--baselines batched-array,batched-path[,plain]]
 
 Every request carries `--minutes` of real speech (the clips under ../shared/testdata/en, concatenated with
-short pauses and repeated). Three paths, each at every concurrency level C (C requests at once):
+short pauses and repeated) as a 16 kHz WAV file. Paths, each at every concurrency level C (C requests at once):
 
-- server:  the real server (`python -m server.cli serve` in a subprocess on a free port, a throw-away data
-           directory), C concurrent HTTP clients each POSTing the file to /stt. The server batches the
-           30 s windows of all requests into shared CTranslate2 calls.
-- plain:   `faster_whisper.WhisperModel.transcribe` (its sequential 30 s loop), C threads sharing one model.
-- batched: `faster_whisper.BatchedInferencePipeline.transcribe`, C threads sharing one model.
+- server:         the real server (`python -m server.cli serve` in a subprocess on a free port, a throw-away
+                  data directory), C concurrent HTTP clients each POSTing the WAV to /stt. The server batches
+                  the 30 s windows of all requests into shared CTranslate2 calls.
+- batched-path:   `faster_whisper.BatchedInferencePipeline.transcribe(path)`, C threads sharing one model: the
+                  same WAV file, its own decoding included (what a user of the library would write).
+- batched-array:  the same pipeline given the audio already decoded (its strongest case: no decoding).
+- plain:          `faster_whisper.WhisperModel.transcribe` (sequential 30 s loop); slow, only on request.
 
-All three run one model replica with the same compute type, beam size 5, VAD and word timestamps (the
-server always aligns words: its segments are cut from them). RTFx is audio seconds per wall second over
-the whole level (C x audio / wall time); with `--repeat N` each level runs N times and the median wall
-time counts (on a shared or noisy machine single runs differ by 10-20 %). Each path is warmed up with one
-full request first. On CUDA the peak GPU memory of each path is sampled with nvidia-smi (device-wide, so
-nothing else should run on the GPU).
+The baselines get the same model, compute type, beam size 5, VAD, word timestamps (the server always aligns
+words: its segments are cut from them) and as many model replicas as the server (`--workers-per-device`,
+faster-whisper's num_workers). RTFx is audio seconds per wall second over the whole level (C x audio / wall
+time); with `--repeat N` each level runs N times and the median wall time counts. Each path is warmed up with
+one full request first. During every level the GPU's utilisation (nvidia-smi, every 100 ms: mean over the
+level) and memory (peak) are sampled, and the server's CPU use (its whole process tree, % of one core).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Level:
     wall_s: float
     words: float  # mean words per request: the paths did comparable work
     peak_gpu_mib: float | None
+    gpu_util: float | None = None  # mean utilisation % during the level
+    cpu_pct: float | None = None  # the server's process tree, % of one core
 
     @property
     def rtfx(self) -> float:
@@ -92,23 +96,24 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
 # ---------------------------------------------------------------- GPU memory
 
 
-class GpuPeak:
-    """Peak device memory in use (MiB) while the block runs, from nvidia-smi every 100 ms."""
+class GpuSampler:
+    """nvidia-smi every 100 ms in a thread: (time, utilisation %, memory MiB) samples, read per level."""
 
     def __init__(self, enabled: bool, index: int = 0) -> None:
         self.enabled = enabled and shutil.which("nvidia-smi") is not None
         self.index = index
-        self.peak: float | None = None
+        self.samples: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _read(self) -> float | None:
+    def _read(self) -> tuple[float, float] | None:
         try:
             out = subprocess.run(
-                ["nvidia-smi", f"--id={self.index}", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=5,
+                ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu,memory.used",
+                 "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5,
             ).stdout.strip()
-            return float(out.splitlines()[0])
+            util, mem = out.splitlines()[0].split(",")
+            return float(util), float(mem)
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             return None
 
@@ -116,10 +121,17 @@ class GpuPeak:
         while not self._stop.is_set():
             v = self._read()
             if v is not None:
-                self.peak = v if self.peak is None else max(self.peak, v)
+                self.samples.append((time.perf_counter(), *v))
             self._stop.wait(0.1)
 
-    def __enter__(self) -> GpuPeak:
+    def window(self, t0: float, t1: float) -> tuple[float | None, float | None]:
+        """(mean utilisation %, peak memory MiB) of the samples taken between t0 and t1."""
+        got = [(u, m) for t, u, m in self.samples if t0 <= t <= t1]
+        if not got:
+            return None, None
+        return sum(u for u, _ in got) / len(got), max(m for _, m in got)
+
+    def __enter__(self) -> GpuSampler:
         if self.enabled:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
@@ -129,6 +141,32 @@ class GpuPeak:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (the server's front-end worker
+    processes are grandchildren, under the forkserver)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in cpu.items():
+        p = pid
+        while p and p != root and p in parents:
+            p = parents[p]
+        if p == root:
+            total += seconds
+    return total
 
 
 # ---------------------------------------------------------------- the server path
@@ -225,22 +263,23 @@ def repeated(run: Callable[[], tuple[float, list[str]]], times: int) -> tuple[fl
     return float(np.median(walls)), texts
 
 
-def baseline_fns(model_dir: Path, device: str, compute_type: str, cpu_threads: int, batch_size: int,
-                 audio: np.ndarray) -> tuple[object, dict[str, Callable[[], str]]]:
+def baseline_fns(model_dir: Path, device: str, compute_type: str, cpu_threads: int, batch_size: int, workers: int,
+                 audio: np.ndarray, wav: Path, names: Sequence[str]) -> tuple[object, dict[str, Callable[[], str]]]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    wm = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=cpu_threads, num_workers=1)
+    wm = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                      num_workers=workers)
     pipe = BatchedInferencePipeline(model=wm)
 
-    def plain() -> str:
-        segments, _ = wm.transcribe(audio, beam_size=5, vad_filter=True, word_timestamps=True)
-        return " ".join(s.text.strip() for s in segments)
+    def text(segments: object) -> str:
+        return " ".join(s.text.strip() for s in segments)  # type: ignore[attr-defined]
 
-    def batched() -> str:
-        segments, _ = pipe.transcribe(audio, beam_size=5, batch_size=batch_size, word_timestamps=True)
-        return " ".join(s.text.strip() for s in segments)
-
-    return wm, {"plain": plain, "batched": batched}
+    fns: dict[str, Callable[[], str]] = {
+        "batched-array": lambda: text(pipe.transcribe(audio, beam_size=5, batch_size=batch_size, word_timestamps=True)[0]),
+        "batched-path": lambda: text(pipe.transcribe(str(wav), beam_size=5, batch_size=batch_size, word_timestamps=True)[0]),
+        "plain": lambda: text(wm.transcribe(audio, beam_size=5, vad_filter=True, word_timestamps=True)[0]),
+    }
+    return wm, {n: fns[n] for n in names}
 
 
 # ---------------------------------------------------------------- main
@@ -261,24 +300,31 @@ def mean_words(texts: Sequence[str]) -> float:
 
 def print_table(levels: Sequence[Level], header: str) -> None:
     print(header)
-    print(f"{'path':<8} {'conc':>5} {'audio/req s':>11} {'wall s':>8} {'RTFx':>8} {'words/req':>9} {'peak GPU MiB':>12}")
+    print(f"{'path':<14} {'conc':>5} {'audio/req s':>11} {'wall s':>8} {'RTFx':>8} {'words/req':>9} "
+          f"{'GPU util %':>10} {'peak GPU MiB':>12} {'server CPU %':>12}")
     for lv in levels:
-        gpu = f"{lv.peak_gpu_mib:.0f}" if lv.peak_gpu_mib is not None else "-"
-        print(f"{lv.path:<8} {lv.concurrency:>5} {lv.audio_s:>11.1f} {lv.wall_s:>8.2f} {lv.rtfx:>8.1f} "
-              f"{lv.words:>9.0f} {gpu:>12}")
+        def cell(v: float | None) -> str:
+            return f"{v:.0f}" if v is not None else "-"
+
+        print(f"{lv.path:<14} {lv.concurrency:>5} {lv.audio_s:>11.1f} {lv.wall_s:>8.2f} {lv.rtfx:>8.1f} "
+              f"{lv.words:>9.0f} {cell(lv.gpu_util):>10} {cell(lv.peak_gpu_mib):>12} {cell(lv.cpu_pct):>12}")
 
 
 def summary(levels: Sequence[Level]) -> str:
-    by = {(lv.path, lv.concurrency): lv.rtfx for lv in levels}
+    by = {(lv.path, lv.concurrency): lv for lv in levels}
     parts = []
     for c in sorted({lv.concurrency for lv in levels}):
         s = by.get(("server", c))
-        cells = [f"server {s:.1f}x" if s else ""]
-        for base in ("plain", "batched"):
+        if s is None:
+            continue
+        cells = [f"server {s.rtfx:.1f}x"]
+        for base in ("batched-path", "batched-array", "plain"):
             b = by.get((base, c))
-            if s and b:
-                cells.append(f"{s / b:.2f}x {base}")
-        parts.append(f"C={c}: " + ", ".join(x for x in cells if x))
+            if b:
+                cells.append(f"{s.rtfx / b.rtfx:.2f}x {base}")
+        if s.gpu_util is not None:
+            cells.append(f"GPU {s.gpu_util:.0f}%")
+        parts.append(f"C={c}: " + ", ".join(cells))
     return "SUMMARY (RTFx, server vs faster-whisper) " + " | ".join(parts)
 
 
@@ -286,14 +332,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="whisper:base", help="whisper:<name> under <models-dir>/whisper/")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--minutes", type=float, default=10.0, help="minutes of audio per request")
-    ap.add_argument("--concurrency", default="1,4,16,64", help="comma-separated concurrency levels")
+    ap.add_argument("--minutes", type=float, default=2.0, help="minutes of audio per request")
+    ap.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrency levels")
     ap.add_argument("--models-dir", type=Path, default=Path(os.environ.get("S7_MODELS_DIR", REPO / ".cache" / "models")))
     ap.add_argument("--testdata", type=Path, default=Path(os.environ.get("S7_TESTDATA", REPO.parent / "shared" / "testdata")))
     ap.add_argument("--cpu-threads", type=int, default=0, help="CTranslate2 intra threads (0: its default)")
     ap.add_argument("--batch-size", type=int, default=0, help="max batch (0: 16 on CUDA, 8 on CPU)")
+    ap.add_argument("--workers-per-device", type=int, default=0, help="model replicas (0: 2 on CUDA, 1 on CPU)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per level; the median wall time counts")
-    ap.add_argument("--skip-baselines", action="store_true", help="only the server path")
+    ap.add_argument("--baselines", default="batched-array,batched-path", help="any of batched-array, "
+                    "batched-path, plain (comma-separated; empty: only the server)")
     args = ap.parse_args()
 
     model = args.model if args.model.startswith("whisper:") else f"whisper:{args.model}"
@@ -304,41 +352,49 @@ def main() -> None:
     device = pick_device(args.device)
     compute_type = "float16" if device == "cuda" else "int8"
     batch = args.batch_size or (16 if device == "cuda" else 8)
+    workers = args.workers_per_device or (2 if device == "cuda" else 1)
+    baselines = [b for b in args.baselines.split(",") if b.strip()]
     audio = bench_audio(args.testdata, args.minutes)
     audio_s = audio.size / SAMPLE_RATE
     print(f"# {model} on {device} ({compute_type}), {audio_s:.0f} s of audio per request, batch {batch}, "
-          f"concurrency {levels_c}", flush=True)
+          f"{workers} replica(s), concurrency {levels_c}", flush=True)
 
     results: list[Level] = []
-    with tempfile.TemporaryDirectory(prefix="bench_stt_audio_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_stt_audio_") as tmp, GpuSampler(device == "cuda") as gpu:
         wav = Path(tmp) / "bench.wav"
         write_wav(wav, audio)
         data = wav.read_bytes()
-        with GpuPeak(device == "cuda") as gpu:
-            server = Server(args.models_dir, device, model, args.cpu_threads, batch)
-            try:
-                # Warm-up with one full request, as the baselines get below: the first request of a size
-                # pays for loading the model and growing the allocator's pools (~20 % on CPU), which a 5 s
-                # clip does not cover and which would be charged to the first timed level.
-                server.run(data, 1)
-                for c in levels_c:
-                    wall, texts = repeated(functools.partial(server.run, data, c), args.repeat)
-                    results.append(Level("server", c, audio_s, wall, mean_words(texts), gpu.peak))
-                    print(f"  server  C={c}: {wall:.2f} s", flush=True)
-            finally:
-                server.close()
+        server = Server(args.models_dir, device, model, args.cpu_threads, batch,
+                        env={"S7_STT_WORKERS_PER_DEVICE": str(workers)})
+        try:
+            # Warm-up with one full request, as the baselines get below: the first request of a size
+            # pays for growing the allocator's pools, which would be charged to the first timed level.
+            server.run(data, 1)
+            for c in levels_c:
+                cpu0, t0 = tree_cpu_seconds(server.pid), time.perf_counter()
+                wall, texts = repeated(functools.partial(server.run, data, c), args.repeat)
+                t1 = time.perf_counter()
+                util, mem = gpu.window(t0, t1)
+                cpu = (tree_cpu_seconds(server.pid) - cpu0) / (t1 - t0) * 100
+                results.append(Level("server", c, audio_s, wall, mean_words(texts), mem, util, cpu))
+                print(f"  server        C={c}: {wall:.2f} s, GPU {util if util is not None else '-'} %, "
+                      f"CPU {cpu:.0f} %", flush=True)
+        finally:
+            server.close()
 
-    if not args.skip_baselines:
-        time.sleep(1.0)  # let the server's GPU memory go before sampling the next path
-        with GpuPeak(device == "cuda") as gpu:
-            wm, fns = baseline_fns(model_dir, device, compute_type, args.cpu_threads, batch, audio)
+        if baselines:
+            time.sleep(1.0)  # let the server's GPU memory go before sampling the next path
+            wm, fns = baseline_fns(model_dir, device, compute_type, args.cpu_threads, batch, workers, audio, wav,
+                                   baselines)
             for fn in fns.values():  # warm-up, one full request per path (lazy initialisation, pools)
                 fn()
             for name, fn in fns.items():
                 for c in levels_c:
+                    t0 = time.perf_counter()
                     wall, texts = repeated(functools.partial(threaded, fn, c), args.repeat)
-                    results.append(Level(name, c, audio_s, wall, mean_words(texts), gpu.peak))
-                    print(f"  {name:<7} C={c}: {wall:.2f} s", flush=True)
+                    util, mem = gpu.window(t0, time.perf_counter())
+                    results.append(Level(name, c, audio_s, wall, mean_words(texts), mem, util))
+                    print(f"  {name:<13} C={c}: {wall:.2f} s", flush=True)
             del wm
 
     print()

@@ -95,9 +95,15 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
         services = build_services(app.state)
         await app.state.accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
         await services.start()
+        from server.warmup import Readiness, warm_up
+
+        app.state.readiness = Readiness(ready=not settings.warmup)
+        warming = asyncio.ensure_future(warm_up(mgr, settings, app.state.readiness)) if settings.warmup else None
         try:
             yield
         finally:
+            if warming is not None:
+                warming.cancel()
             await services.stop()
             frontend.close()
             mgr.close()

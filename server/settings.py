@@ -59,6 +59,8 @@ class Settings:
     realtime_max_sessions: int = 64
     realtime_decode_interval_s: float = 0.0  # 0: 0.5 s on CPU, 0.3 s on CUDA (see realtime_config)
     preload_models: bool = False
+    # Load and run the default STT model and TTS voice at start; /healthz says 503 "starting" until done.
+    warmup: bool = True
     log_level: str = "info"
     session_secret: str = ""  # empty: random per process (admin web sessions end on restart)
     extra: Mapping[str, str] = field(default_factory=dict)

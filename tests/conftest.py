@@ -107,7 +107,7 @@ class Api:
 def api_settings(tmp_path: Path, models_root: Path):  # type: ignore[no-untyped-def]
     from server.settings import Settings
 
-    return Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models_root, job_poll_seconds=0.2)
+    return Settings(warmup=False, data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models_root, job_poll_seconds=0.2)
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
     from server.settings import Settings
 
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("live") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
+        warmup=False, data_dir=tmp_path_factory.mktemp("live") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
         job_poll_seconds=0.2,
     )
     with serve_in_thread(settings) as (app, url):

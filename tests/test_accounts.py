@@ -183,13 +183,13 @@ async def test_admin_created_on_first_start_and_printed_when_generated(tmp_path,
     from server.app import create_app
     from server.settings import Settings
 
-    app = create_app(Settings(data_dir=tmp_path / "d", models_dir=models_root))
+    app = create_app(Settings(warmup=False, data_dir=tmp_path / "d", models_dir=models_root))
     async with app.router.lifespan_context(app):
         pass
     out = capsys.readouterr().out
     assert "API key (shown once): s7_" in out
     key = out.split("(shown once): ")[1].split()[0]
-    app = create_app(Settings(data_dir=tmp_path / "d", models_dir=models_root))
+    app = create_app(Settings(warmup=False, data_dir=tmp_path / "d", models_dir=models_root))
     async with app.router.lifespan_context(app):  # second start: nothing new printed, the key still works
         account = await app.state.accounts.authenticate(key)
         assert account is not None and account.is_admin

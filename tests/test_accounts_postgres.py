@@ -27,7 +27,7 @@ def postgres() -> Iterator[PgCluster]:
 async def app_on(db_url: str, data_dir: Path, models_root: Path) -> AsyncIterator[Api]:
     from server.app import create_app
 
-    settings = Settings(data_dir=data_dir, admin_key=ADMIN_KEY, models_dir=models_root, database_url=db_url)
+    settings = Settings(warmup=False, data_dir=data_dir, admin_key=ADMIN_KEY, models_dir=models_root, database_url=db_url)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:

@@ -42,6 +42,21 @@ def test_dockerfile_matches_pyproject():
     assert "cudnn" in base.string
 
 
+# The python3 that each Ubuntu release of the CUDA base images installs.
+UBUNTU_PYTHON = {"20.04": "3.8", "22.04": "3.10", "24.04": "3.12"}
+
+
+def test_dockerfile_python_satisfies_requires_python_and_the_wheelhouse_recipe():
+    base = re.search(r"ARG CUDA_IMAGE=nvidia/cuda:\S+-ubuntu(\d\d\.\d\d)", DOCKERFILE)
+    assert base, "the base image must be an Ubuntu-based nvidia/cuda image"
+    python = UBUNTU_PYTHON[base.group(1)]
+    floor = re.fullmatch(r">=(\d+)\.(\d+)", PYPROJECT["project"]["requires-python"])
+    assert floor
+    assert tuple(int(x) for x in python.split(".")) >= (int(floor.group(1)), int(floor.group(2))), python
+    recipe = (REPO / "docker" / "wheelhouse" / "README.md").read_text()
+    assert re.findall(r"--python-version (\S+)", recipe) == [python]
+
+
 def test_dockerfile_runtime_settings_are_real():
     names = {f"S7_{f.name.upper()}" for f in fields(Settings)}
     used = set(re.findall(r"\b(S7_[A-Z_]+)=", DOCKERFILE))

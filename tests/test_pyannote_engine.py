@@ -171,7 +171,7 @@ async def test_server_selects_the_pyannote_pipeline(tmp_path, models_root, testd
         (models / child.name).symlink_to(child)
     build_random_pipeline(models / "pyannote" / "random-community")
     settings = Settings(
-        data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models, default_diarizer="pyannote:random-community"
+        warmup=False, data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models, default_diarizer="pyannote:random-community"
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -56,7 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, abtransl
         (root / "zh_en.argosmodel").write_bytes(src.read())
     import_argos_model(root / "zh_en.argosmodel", models / "translation")
 
-    settings = Settings(data_dir=root / "data", admin_key=ADMIN_KEY, models_dir=models)
+    settings = Settings(warmup=False, data_dir=root / "data", admin_key=ADMIN_KEY, models_dir=models)
     with serve_in_thread(settings) as (app, url):
         yield Server(app, url)
 

@@ -176,7 +176,7 @@ async def test_upload_limits_and_media_types(tmp_path: Path, models_root: Path, 
     from server.app import create_app
     from tests.conftest import ADMIN_KEY, Api
 
-    settings = Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models_root, subtitle_max_upload_mb=0.5)
+    settings = Settings(warmup=False, data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models_root, subtitle_max_upload_mb=0.5)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=300) as c:

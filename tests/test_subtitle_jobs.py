@@ -45,7 +45,7 @@ async def running_app(settings: Settings) -> AsyncIterator[Api]:
 
 
 def base_settings(data_dir: Path, models_root: Path, **over: object) -> Settings:
-    return Settings(data_dir=data_dir, admin_key=ADMIN_KEY, models_dir=models_root, job_poll_seconds=0.1, **over)  # type: ignore[arg-type]
+    return Settings(warmup=False, data_dir=data_dir, admin_key=ADMIN_KEY, models_dir=models_root, job_poll_seconds=0.1, **over)  # type: ignore[arg-type]
 
 
 async def submit(client: httpx.AsyncClient, key: str, path: Path, ctype: str = "audio/wav", **fields: str) -> dict:

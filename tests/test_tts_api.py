@@ -57,7 +57,7 @@ def tts_models_dir(tmp_path_factory: pytest.TempPathFactory, models_root: Path) 
 def api_settings(tmp_path: Path, tts_models_dir: Path):  # type: ignore[no-untyped-def]
     from server.settings import Settings
 
-    return Settings(data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=tts_models_dir, job_poll_seconds=0.2)
+    return Settings(warmup=False, data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=tts_models_dir, job_poll_seconds=0.2)
 
 
 def duration_s(mp3: bytes) -> float:

@@ -250,3 +250,19 @@ def test_one_voice_serves_concurrent_requests(engine: PiperEngine) -> None:
 @pytest.mark.slow
 def test_installed_voice_is_listed(piper_voice: tuple[Path, Path]) -> None:
     assert "en_US-joe-medium" in list_voices(piper_voice[0].parent)
+
+
+def test_cuda_without_a_gpu_onnxruntime_serves_on_the_cpu_and_says_so(
+    piper_voice: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: there is nothing to fall back from")
+    onnx, cfg = piper_voice
+    with caplog.at_level("WARNING", logger="engines.piper_tts"):
+        engine = PiperEngine(onnx, cfg, voice_name="en_US-joe-medium", device="cuda")
+    assert engine.device == "cpu"
+    assert any("runs on the CPU" in r.getMessage() for r in caplog.records)
+    chunks = list(engine.synthesize(TtsRequest("The GPU box still speaks.")))
+    assert chunks and np.abs(chunks[0].pcm).max() > 0.1

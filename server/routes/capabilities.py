@@ -16,9 +16,12 @@ async def capabilities(request: Request) -> JSONResponse:
 
 async def healthz(request: Request) -> JSONResponse:
     state = request.app.state
+    readiness = state.readiness
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "ok" if readiness.ready else "starting",
+            "warmupSeconds": round(readiness.seconds, 2),
+            "warmupErrors": readiness.errors,
             "device": state.device,
             "loadedModels": state.models.loaded(),
             "installedModels": {
@@ -26,7 +29,8 @@ async def healthz(request: Request) -> JSONResponse:
                 "piper": state.catalog.piper_voices(),
                 "pyannote": state.catalog.pyannote_pipelines(),
             },
-        }
+        },
+        status_code=200 if readiness.ready else 503,
     )
 
 
