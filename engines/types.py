@@ -84,7 +84,9 @@ def as_source(audio: np.ndarray | AudioSource) -> AudioSource:
 @dataclass(frozen=True, eq=False)
 class SttRequest:
     audio: np.ndarray | AudioSource  # float32 mono 16 kHz
-    language_hints: tuple[str, ...] = ()  # one hint forces it; several restrict detection to them
+    # Preferred languages: detection still runs and picks one of them unless another is clearly more probable.
+    language_hints: tuple[str, ...] = ()
+    language: str | None = None  # decode in this language, no detection (the caller knows it)
     task: Literal["transcribe", "translate"] = "transcribe"
     word_timestamps: bool = True
     terms: tuple[str, ...] = ()  # dictionary terms that steer decoding (hotwords / prompt)

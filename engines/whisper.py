@@ -36,7 +36,7 @@ from engines.types import (
     as_source,
 )
 from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
-from engines.whisper_text import choose_language, group_words, is_silence, normalize_language
+from engines.whisper_text import choose_language, group_words, is_silence, normalize_language, usable_codes
 
 if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
@@ -170,12 +170,13 @@ class WhisperEngine:
             self._stage("vad", time.perf_counter() - began)
         chunks = plan_chunks(spans) if spans is not None else fixed_chunks(source.samples)
         worker = self._pick_worker()
+        known = self._known_language(request.language, request.language_hints)
         if not chunks:  # silence: nothing to decode, so nothing to detect a language from
-            lang = normalize_language(request.language_hints[0]) if request.language_hints else "en"
+            hints = self._usable_hints(request.language_hints)
+            lang = known[0] if known is not None else (hints[0] if hints else "en")
             if progress:
                 progress(1.0)
             return SttResult((), lang, 0.0, duration)
-        known = self._known_language(request.language_hints)
         slot = None if known is not None else _LanguageSlot(self._usable_hints(request.language_hints))
         language = known[0] if known is not None else "auto"
         tok = self._tokenizer(request.task, known[0] if known is not None else "en")  # "en": a placeholder
@@ -208,17 +209,18 @@ class WhisperEngine:
         priority: int = PRIORITY_REALTIME,
         word_timestamps: bool = True,
         group: object = None,
+        hints: Sequence[str] = (),
     ) -> SttResult:
         """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming.
-        `group` (e.g. the stream) lets the batch queue share the model fairly between streams."""
+        `language` forces the language; otherwise it is detected in the window's own batch, preferring
+        `hints`. `group` (e.g. the stream) lets the batch queue share the model fairly between streams."""
         pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
         duration = pcm.size / SAMPLE_RATE
         if pcm.size == 0:
             return SttResult((), language or "en", 0.0, 0.0)
         worker = self._pick_worker()
         feats = self._features(pcm)
-        hints = (language,) if language else ()
-        known = self._known_language(hints)  # unknown: detected in the window's own batch (see _LanguageSlot)
+        known = self._known_language(language, hints)  # unknown: detected in the window's own batch (_LanguageSlot)
         slot = None if known is not None else _LanguageSlot(self._usable_hints(hints))
         lang = known[0] if known is not None else "auto"
         tok = self._tokenizer(task, known[0] if known is not None else "en")
@@ -306,26 +308,26 @@ class WhisperEngine:
         supported = self.supported_languages
         return [h for h in dict.fromkeys(normalize_language(h) for h in hints if h.strip()) if h in supported]
 
-    def check_language_hints(self, hints: Sequence[str]) -> None:
-        self._known_language(hints)
+    def check_language_hints(self, hints: Sequence[str], language: str | None = None) -> None:
+        self._known_language(language, hints)
 
-    def _known_language(self, hints: Sequence[str]) -> tuple[str, float] | None:
-        """The language when no detection is needed (English-only model, one usable hint); None when the
-        audio must decide. Raises for hints the model cannot honour."""
+    def _known_language(self, language: str | None, hints: Sequence[str]) -> tuple[str, float] | None:
+        """The language when no detection is needed (an English-only model, or a forced language); None
+        when the audio must decide. Raises for languages the model cannot honour."""
         if not self.multilingual:
-            wanted = {normalize_language(h) for h in hints if h.strip()}
+            wanted = {normalize_language(h) for h in (*hints, language or "") if h.strip()}
             if wanted and "en" not in wanted:
                 raise EngineError(f"Whisper model {self.model!r} is English-only (asked for {', '.join(sorted(wanted))})")
             return "en", 1.0
-        usable = self._usable_hints(hints)
-        if len(usable) == 1 or (hints and not usable):
-            return choose_language({}, hints, self.supported_languages)  # forced, or an error naming bad codes
+        usable_codes(hints, self.supported_languages)  # names unknown codes now, not after decoding
+        if language:
+            return usable_codes([language], self.supported_languages)[0], 1.0
         return None
 
     def _resolve_language(
         self, feats: np.ndarray, hints: Sequence[str], priority: int, worker: BatchWorker
     ) -> tuple[str, float]:
-        known = self._known_language(hints)
+        known = self._known_language(None, hints)
         if known is not None:
             return known
         probs = worker.submit(_Item(feats), ("detect",), priority).result()

@@ -17,7 +17,8 @@ LABEL_RE = re.compile(r"^speaker(\d{1,2})Label$")
 
 @dataclass(frozen=True)
 class SttOptions:
-    language_hints: tuple[str, ...] = ()
+    language_hints: tuple[str, ...] = ()  # preferred languages; detection still runs
+    language: str | None = None  # forced: decode in this language without detection
     task: str = "transcribe"
     diarize: bool = False
     num_speakers: int | None = None
@@ -32,7 +33,8 @@ class SttOptions:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "language_hints": list(self.language_hints), "task": self.task, "diarize": self.diarize,
+                "language_hints": list(self.language_hints), "language": self.language, "task": self.task,
+                "diarize": self.diarize,
                 "num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers,
                 "speaker_labels": {str(k): v for k, v in self.speaker_labels.items()}, "terms": list(self.terms),
                 "translation_terms": [list(p) for p in self.translation_terms], "context": dict(self.context),
@@ -44,7 +46,7 @@ class SttOptions:
     def from_json(cls, raw: str) -> SttOptions:
         d = json.loads(raw)
         return cls(
-            language_hints=tuple(d["language_hints"]), task=d["task"], diarize=d["diarize"],
+            language_hints=tuple(d["language_hints"]), language=d.get("language"), task=d["task"], diarize=d["diarize"],
             num_speakers=d["num_speakers"], min_speakers=d["min_speakers"], max_speakers=d["max_speakers"],
             speaker_labels={int(k): v for k, v in d["speaker_labels"].items()}, terms=tuple(d["terms"]),
             translation_terms=tuple((a, b) for a, b in d["translation_terms"]), context=d["context"],
@@ -109,7 +111,11 @@ def parse_stt_options(fields: Mapping[str, Any]) -> SttOptions:
     """Accepts the spec's camelCase names (and the realtime config's snake_case ones)."""
     from engines.terms import TermsError, build_context
 
-    hints = parse_language_hints(fields.get("languageHints", fields.get("language_hints", fields.get("language"))))
+    hints = parse_language_hints(fields.get("languageHints", fields.get("language_hints")))
+    # `language` forces one language (no detection); hints only say which languages to prefer.
+    forced = parse_language_hints(fields.get("language"))
+    if len(forced) > 1:
+        raise bad_request("language must be one language code (use languageHints for several)")
     task = str(fields.get("task") or "transcribe").strip().lower()
     if task not in {"transcribe", "translate"}:
         raise bad_request("task must be 'transcribe' or 'translate'")
@@ -136,7 +142,8 @@ def parse_stt_options(fields: Mapping[str, Any]) -> SttOptions:
     terms = tuple(context.get("terms") or ())
     pairs = tuple((p["source"], p["target"]) for p in context.get("translation_terms") or ())
     return SttOptions(
-        language_hints=hints, task=task, diarize=diarize, num_speakers=num, min_speakers=lo, max_speakers=hi,
+        language_hints=hints, language=forced[0] if forced else None, task=task, diarize=diarize,
+        num_speakers=num, min_speakers=lo, max_speakers=hi,
         speaker_labels=labels, terms=terms, translation_terms=pairs, context=context,
         word_timestamps=parse_bool(fields.get("wordTimestamps"), "wordTimestamps"),
     )

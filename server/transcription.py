@@ -161,7 +161,8 @@ class TranscriptionService:
         # translation targets (English), not source-language spellings.
         steer = options.terms + tuple(t for _, t in options.translation_terms) if translating else options.terms
         request = SttRequest(
-            audio=audio, language_hints=options.language_hints, task=options.task,  # type: ignore[arg-type]
+            audio=audio, language_hints=options.language_hints, language=options.language,
+            task=options.task,  # type: ignore[arg-type]
             word_timestamps=True, terms=steer, speech=audio.speech, group=audio,
         )
         result = engine.transcribe(request, stt_progress)

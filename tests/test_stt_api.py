@@ -284,16 +284,21 @@ async def test_accounts_see_only_their_own_usage(api, testdata: Path) -> None:  
 # ---------------------------------------------------------------- languages, translation, dictionaries
 
 
-async def test_language_hints_force_or_restrict(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_language_hints_prefer_and_language_forces(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
     key = await account(api, "base")
     clip = testdata / "de" / "recorded_sample_02.wav"  # "Der Prophet spricht stets in Gleichnissen."
     detected = (await post_stt(api, key, clip)).json()
     assert detected["language"] == "de" and detected["languageProbability"] > 0.8
     assert "spricht" in words_of(detected["text"])
     assert all(e["language"] == "de" for e in detected["transcript"])
-    restricted = (await post_stt(api, key, clip, languageHints='["fr", "de"]')).json()
-    assert restricted["language"] == "de"
-    forced = (await post_stt(api, key, clip, languageHints="en")).json()
+    preferred = (await post_stt(api, key, clip, languageHints='["fr", "de"]')).json()
+    assert preferred["language"] == "de"
+    # The reference's `languageHints: ["sl"]` on speech in another language is a hint, not an order.
+    hinted = (await post_stt(api, key, clip, languageHints='["sl"]')).json()
+    assert hinted["language"] == "de" and "spricht" in words_of(hinted["text"])
+    english = (await post_stt(api, key, testdata / "en" / "jfk.flac", languageHints='["sl"]')).json()
+    assert english["language"] == "en" and "country" in words_of(english["text"])
+    forced = (await post_stt(api, key, clip, language="en")).json()
     assert forced["language"] == "en" and forced["languageProbability"] == 1.0
 
 

@@ -49,13 +49,17 @@ def test_normalize_language() -> None:
     assert [normalize_language(c) for c in ("en-US", "EN_us", " de ", "sl")] == ["en", "en", "de", "sl"]
 
 
-def test_one_hint_forces_the_language_several_restrict_the_choice() -> None:
+def test_hints_are_preferred_unless_another_language_is_clearly_more_probable() -> None:
+    supported = ["en", "de", "fr", "sl", "hr"]
     probs = {"de": 0.7, "en": 0.2, "fr": 0.1}
-    supported = ["en", "de", "fr", "sl"]
-    assert choose_language(probs, [], supported) == ("de", 0.7)
-    assert choose_language(probs, ["sl"], supported) == ("sl", 1.0)  # forced, whatever the audio sounds like
-    assert choose_language(probs, ["en", "fr"], supported) == ("en", 0.2)  # best among the hints
-    assert choose_language(probs, ["en-GB", "xx"], supported) == ("en", 1.0)  # unknown codes are dropped
+    assert choose_language(probs, [], supported) == ("de", 0.7)  # no hints: the model's top guess
+    assert choose_language(probs, ["en", "fr"], supported) == ("en", 0.2)  # de is not 4x en: a hint wins
+    assert choose_language(probs, ["fr", "de"], supported) == ("de", 0.7)
+    # English speech hinted Slovenian (the reference's example) stays English ...
+    assert choose_language({"en": 0.95, "sl": 0.002}, ["sl"], supported) == ("en", 0.95)
+    # ... while Slovenian the model half mistakes for Croatian stays Slovenian.
+    assert choose_language({"hr": 0.5, "sl": 0.3, "en": 0.1}, ["sl"], supported) == ("sl", 0.3)
+    assert choose_language(probs, ["en-GB", "xx"], supported) == ("en", 0.2)  # unknown codes are dropped
     with pytest.raises(EngineError, match="not supported"):
         choose_language(probs, ["xx", "yy"], supported)
 
@@ -174,14 +178,17 @@ def test_base_detects_german_and_transcribes_it(base: WhisperEngine, testdata: P
 
 
 @pytest.mark.slow
-def test_language_hints_force_or_restrict(base: WhisperEngine, testdata: Path) -> None:
+def test_language_hints_prefer_and_language_forces(base: WhisperEngine, testdata: Path) -> None:
     audio, _ = clip(testdata, "de/recorded_sample_02.wav")
-    forced = base.transcribe(SttRequest(audio, language_hints=("en",)))
+    forced = base.transcribe(SttRequest(audio, language="en"))
     assert (forced.language, forced.language_probability) == ("en", 1.0)
-    restricted = base.transcribe(SttRequest(audio, language_hints=("fr", "de")))
-    assert restricted.language == "de" and restricted.language_probability > 0.8
-    lang, prob = base.detect_language(audio, ("en", "fr"))  # German is not allowed: the better of the two
-    assert lang in {"en", "fr"} and prob < 0.5
+    preferred = base.transcribe(SttRequest(audio, language_hints=("fr", "de")))
+    assert preferred.language == "de" and preferred.language_probability > 0.8
+    # A hint that does not match the speech does not turn German into Slovenian.
+    mismatched = base.transcribe(SttRequest(audio, language_hints=("sl",)))
+    assert mismatched.language == "de" and "spricht" in mismatched.text.lower()
+    lang, prob = base.detect_language(audio, ("en", "fr"))  # German is clearly more probable than both hints
+    assert lang == "de" and prob > 0.8
 
 
 @pytest.mark.slow
