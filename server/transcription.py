@@ -67,7 +67,7 @@ class TranscriptionService:
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
         progress: Progress | None = None, reservation_id: int | None = None,
     ) -> Transcript:
-        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize)
+        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         if reservation_id is None and account.minutes <= 0:
             # Decoding a large upload only to refuse it would waste the server's time; reserve() below stays
             # the authoritative check (the balance read at authentication may be stale).
