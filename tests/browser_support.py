@@ -116,6 +116,49 @@ def chromium_args(mic_wav: Path) -> list[str]:
     ]
 
 
+# ---------------------------------------------------------------- pages and what they show
+
+
+@dataclass
+class Tab:
+    page: Any  # playwright.sync_api.Page, imported lazily so collection works without Playwright
+    errors: list[str]
+
+
+def open_tab(browser: Any, server: LiveServer, viewport: dict, color_scheme: str = "light") -> Tab:
+    context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
+    context.grant_permissions(["microphone", "clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return Tab(page, errors)
+
+
+def use_key(page: Any, server: LiveServer, key: str | None = None) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(server.url + "/")
+    page.fill("#api-key", key or server.user_key)
+    page.click("#key-form button[type=submit]")
+    if key is None:
+        expect(page.locator("#minutes-remaining")).not_to_have_text("–")
+
+
+def minutes_shown(page: Any) -> float:
+    return float(page.locator("#minutes-remaining").inner_text())
+
+
+def download(page: Any, locator: Any) -> tuple[str, str]:
+    with page.expect_download() as info:
+        locator.click()
+    return info.value.suggested_filename, Path(info.value.path()).read_bytes().decode("utf-8", "replace")
+
+
+def focused(page: Any) -> str:
+    return page.evaluate("document.activeElement && (document.activeElement.id || document.activeElement.textContent)")
+
+
 # ---------------------------------------------------------------- page checks
 
 
@@ -152,6 +195,13 @@ def assert_no_horizontal_scroll(page: Any, where: str) -> None:
     )
     assert widths["doc"] <= widths["view"] and widths["body"] <= widths["view"], (where, widths)
     assert all(extra <= 1 for extra in widths["tables"]), (where, widths)
+
+
+def sweep_widths(page: Any, widths: tuple[int, ...], where: str, back_to: dict) -> None:
+    for width in widths:
+        page.set_viewport_size({"width": width, "height": 800})
+        assert_no_horizontal_scroll(page, f"{where}, {width} px")
+    page.set_viewport_size(back_to)
 
 
 def screenshot(target: Any, name: str, **kwargs: Any) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,20 @@ from tests.browser_support import (
     DESKTOP,
     PHONE,
     LiveServer,
+    Tab,
     assert_no_horizontal_scroll,
     axe_audit,
     chromium_args,
+    download,
     fake_mic_wav,
+    focused,
+    minutes_shown,
+    open_tab,
     require,
     screenshot,
     serve,
+    sweep_widths,
+    use_key,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -58,22 +64,6 @@ def browser(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory, t
         b.close()
 
 
-@dataclass
-class Tab:
-    page: Any  # playwright.sync_api.Page, imported lazily so collection works without Playwright
-    errors: list[str]
-
-
-def open_tab(browser: Any, server: LiveServer, viewport: dict, color_scheme: str = "light") -> Tab:
-    context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
-    context.grant_permissions(["microphone", "clipboard-read", "clipboard-write"], origin=server.url)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return Tab(page, errors)
-
-
 @pytest.fixture
 def tab(browser, live_server: LiveServer) -> Iterator[Tab]:
     """A fresh browser profile per test (empty localStorage, no cookies), console errors collected."""
@@ -87,30 +77,6 @@ def phone(browser, live_server: LiveServer) -> Iterator[Tab]:
     t = open_tab(browser, live_server, PHONE)
     yield t
     t.page.context.close()
-
-
-def _use_key(page, server: LiveServer, key: str | None = None) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(server.url + "/")
-    page.fill("#api-key", key or server.user_key)
-    page.click("#key-form button[type=submit]")
-    if key is None:
-        expect(page.locator("#minutes-remaining")).not_to_have_text("–")
-
-
-def _minutes(page) -> float:
-    return float(page.locator("#minutes-remaining").inner_text())
-
-
-def _download(page, locator) -> tuple[str, str]:
-    with page.expect_download() as info:
-        locator.click()
-    return info.value.suggested_filename, Path(info.value.path()).read_bytes().decode("utf-8", "replace")
-
-
-def _focused_id(page) -> str:
-    return page.evaluate("document.activeElement && (document.activeElement.id || document.activeElement.textContent)")
 
 
 def test_home_page_offers_only_what_the_key_can_use(tab: Tab, live_server: LiveServer) -> None:
@@ -157,7 +123,7 @@ def test_api_errors_are_shown_in_words(tab: Tab, live_server: LiveServer, tmp_pa
     from playwright.sync_api import expect
 
     page = tab.page
-    _use_key(page, live_server, "not-a-real-key")
+    use_key(page, live_server, "not-a-real-key")
     expect(page.locator("#card-account .status")).to_contain_text("Invalid API key (HTTP 401")
     page.click("#tts-form button[type=submit]")
     expect(page.locator("#card-tts .status")).to_contain_text("Invalid API key")
@@ -165,7 +131,7 @@ def test_api_errors_are_shown_in_words(tab: Tab, live_server: LiveServer, tmp_pa
     expect(page.locator("#card-realtime .status")).to_contain_text(re.compile("invalid API key", re.IGNORECASE), timeout=30_000)
     expect(page.locator("#rt-toggle")).to_have_text("Start microphone")  # ready for another try
 
-    _use_key(page, live_server)  # with a good key, a file that is not media gets the server's reason
+    use_key(page, live_server)  # with a good key, a file that is not media gets the server's reason
     junk = tmp_path / "broken.wav"
     junk.write_bytes(b"RIFF this is not really a wave file" * 40)
     page.set_input_files("#stt-file", str(junk))
@@ -182,8 +148,8 @@ def test_tts_card_plays_audio_says_what_it_cost_and_records_the_speech(tab: Tab,
     from playwright.sync_api import expect
 
     page = tab.page
-    _use_key(page, live_server)
-    before = _minutes(page)
+    use_key(page, live_server)
+    before = minutes_shown(page)
     page.fill("#tts-text", "The quick brown fox jumps over the lazy dog. Then it runs into the forest.")
     page.focus("#tts-form button[type=submit]")
     page.keyboard.press("Enter")
@@ -194,11 +160,11 @@ def test_tts_card_plays_audio_says_what_it_cost_and_records_the_speech(tab: Tab,
     status = page.locator("#card-tts .status")
     expect(status).to_contain_text(re.compile(r"Spoken\. Cost: 0\.5 min for \d+\.\d s of speech \(billed per request, rounded up"), timeout=MODEL_WAIT_MS)
     expect(page.locator("#minutes-remaining")).to_have_text(str(before - 0.5).rstrip("0").rstrip("."))
-    assert _focused_id(page) == "Speak"  # focus stayed on the button that started it
+    assert focused(page) == "Speak"  # focus stayed on the button that started it
     first = page.locator("#speeches li").first
     expect(first).to_contain_text("The quick brown fox")
     assert int(page.evaluate("document.getElementById('tts-audio').duration")) >= 2
-    name, _ = _download(page, first.get_by_role("button", name=re.compile("Download .*quick brown fox.* as MP3")))
+    name, _ = download(page, first.get_by_role("button", name=re.compile("Download .*quick brown fox.* as MP3")))
     assert name.endswith(".mp3")
     assert tab.errors == [], tab.errors
 
@@ -207,8 +173,8 @@ def test_stt_on_a_phone_shows_the_transcript_once_with_its_cost_and_exports(phon
     from playwright.sync_api import expect
 
     page = phone.page
-    _use_key(page, live_server)
-    before = _minutes(page)
+    use_key(page, live_server)
+    before = minutes_shown(page)
     page.set_input_files("#stt-file", str(testdata / "en" / "jfk.flac"))
     page.click("#stt-form button[type=submit]")
     result = page.locator("#stt-result")
@@ -221,7 +187,7 @@ def test_stt_on_a_phone_shows_the_transcript_once_with_its_cost_and_exports(phon
     expect(page.locator("#card-stt .progress-text")).to_contain_text(re.compile(r"Uploaded and transcribed in \d+\.\d s"))
     assert page.locator("#card-stt progress").evaluate("p => p.value") == 1
     expect(page.locator("#minutes-remaining")).to_have_text(str(before - 0.5).rstrip("0").rstrip("."))
-    assert _focused_id(page) == "Transcribe"
+    assert focused(page) == "Transcribe"
     # The time column stays on one line at phone width.
     heights = page.locator("#stt-segments .time").evaluate_all("els => els.map((e) => e.getClientRects().length)")
     assert heights and set(heights) == {1}, heights
@@ -232,11 +198,11 @@ def test_stt_on_a_phone_shows_the_transcript_once_with_its_cost_and_exports(phon
     page.get_by_role("button", name="Copy transcript").click()
     copied = page.evaluate("navigator.clipboard.readText()")
     assert JFK_PHRASE.search(copied), copied
-    name, txt = _download(page, page.get_by_role("button", name="Download transcript as TXT"))
+    name, txt = download(page, page.get_by_role("button", name="Download transcript as TXT"))
     assert name == "jfk.txt" and txt.strip() == copied.strip()
-    name, srt = _download(page, page.get_by_role("button", name="Download transcript as SRT"))
+    name, srt = download(page, page.get_by_role("button", name="Download transcript as SRT"))
     assert name == "jfk.srt" and re.match(r"1\n00:00:0\d,\d{3} --> 00:00:\d\d,\d{3}\n", srt), srt
-    name, raw = _download(page, page.get_by_role("button", name="Download transcript as JSON"))
+    name, raw = download(page, page.get_by_role("button", name="Download transcript as JSON"))
     body = json.loads(raw)
     assert name == "jfk.json" and body["minutesUsed"] == 0.5 and JFK_PHRASE.search(body["text"])
     # The result is kept in this browser: after a reload it is listed and shows again.
@@ -251,12 +217,12 @@ def test_subtitles_play_with_the_file_and_cues_seek(tab: Tab, live_server: LiveS
     from playwright.sync_api import expect
 
     page = tab.page
-    _use_key(page, live_server)
+    use_key(page, live_server)
     page.set_input_files("#sub-file", str(testdata / "en" / "jfk.flac"))
     page.click("#sub-form button[type=submit]")
     expect(page.locator("#card-subtitle .status")).to_contain_text("Subtitles ready", timeout=MODEL_WAIT_MS)
     expect(page.locator("#sub-cost")).to_have_text("Cost: 0.5 min for 11.0 s of audio (billed per request, rounded up to the next 0.5 minute).")
-    name, srt = _download(page, page.locator("#sub-download"))
+    name, srt = download(page, page.locator("#sub-download"))
     assert name == "jfk.srt" and re.search(r"^1\r?\n00:00:\d\d,\d{3} --> 00:00:\d\d,\d{3}", srt, re.MULTILINE), srt
     # The upload plays with its subtitles as a WebVTT track; choosing a cue seeks there.
     cues = page.wait_for_function(
@@ -278,7 +244,7 @@ def test_subtitle_job_shows_real_progress_and_what_it_cost(tab: Tab, live_server
     from playwright.sync_api import expect
 
     page = tab.page
-    _use_key(page, live_server)
+    use_key(page, live_server)
     page.set_input_files("#sub-file", str(testdata / "en" / "jfk.flac"))
     page.check("#sub-async")
     page.click("#sub-form button[type=submit]")
@@ -297,32 +263,32 @@ def test_realtime_card_transcribes_without_the_key_in_the_url(tab: Tab, live_ser
     sockets: list[Any] = []
     first_frames: list[str] = []
     page.on("websocket", lambda ws: (sockets.append(ws), ws.on("framesent", lambda f: first_frames.append(f) if not first_frames else None)))
-    _use_key(page, live_server)
-    before = _minutes(page)
+    use_key(page, live_server)
+    before = minutes_shown(page)
     page.click("#rt-toggle")
     expect(page.locator("#rt-toggle")).to_have_text("Stop", timeout=30_000)
-    assert _focused_id(page) == "rt-toggle"
+    assert focused(page) == "rt-toggle"
     expect(page.locator("#rt-transcript")).to_contain_text(re.compile("country", re.IGNORECASE), timeout=MODEL_WAIT_MS)
     # Only final words reach the screen reader's live region.
     expect(page.locator("#rt-announce")).not_to_be_empty()
     page.click("#rt-toggle")
     expect(page.locator("#card-realtime .status")).to_contain_text("Finished.", timeout=60_000)
-    assert _focused_id(page) == "rt-toggle"
+    assert focused(page) == "rt-toggle"
     assert [ws.url for ws in sockets] == [live_server.url.replace("http", "ws") + "/stt/realtime"]
     assert live_server.user_key not in sockets[0].url
     config = json.loads(first_frames[0] if isinstance(first_frames[0], str) else first_frames[0]["payload"])
     assert config["apiKey"] == live_server.user_key and config["model"] == "tiny.en"
     # Billing: the account card refreshed after the session, and the card says what it cost.
     expect(page.locator("#rt-cost")).to_contain_text(re.compile(r"Cost: \d+(\.5)? min for \d+\.\d s of streamed audio"))
-    assert _minutes(page) < before
+    assert minutes_shown(page) < before
     # Words joined into sentences, each sentence capitalized; no line per pause.
     text = page.locator("#rt-transcript").inner_text()
     assert page.locator("#rt-transcript p").count() == 1, text
     assert not re.search(r"[.?!]\s+[a-z]", text), text
     assert page.locator("#rt-announce").inner_text() in text
-    name, txt = _download(page, page.get_by_role("button", name="Download live transcript as TXT"))
+    name, txt = download(page, page.get_by_role("button", name="Download live transcript as TXT"))
     assert name == "live-transcript.txt" and txt.strip() == text.strip()
-    _, srt = _download(page, page.get_by_role("button", name="Download live transcript as SRT"))
+    _, srt = download(page, page.get_by_role("button", name="Download live transcript as SRT"))
     assert re.match(r"1\n00:00:\d\d,\d{3} --> ", srt) and re.search("country", srt, re.IGNORECASE), srt
     screenshot(page.locator("#card-realtime"), "realtime-card.png")
     assert tab.errors == [], tab.errors
@@ -336,7 +302,7 @@ def test_admin_tools_confirm_destructive_actions(tab: Tab, live_server: LiveServ
     page.fill("#admin-key", live_server.user_key)
     page.keyboard.press("Enter")
     expect(page.locator("#admin-login .status")).to_contain_text("Only admin API keys")
-    _use_key(page, live_server, live_server.admin_key)  # an admin key in the key bar: the tab and a shortcut
+    use_key(page, live_server, live_server.admin_key)  # an admin key in the key bar: the tab and a shortcut
     expect(page.locator("#tab-admin")).to_be_visible()
     page.click("#tab-admin")
     page.click("#admin-use-key")
@@ -367,13 +333,10 @@ def test_admin_tools_confirm_destructive_actions(tab: Tab, live_server: LiveServ
     row.get_by_role("button", name="Add minutes to Created In Browser d.o.o.").click()
     expect(page.locator("#card-accounts .status")).to_contain_text("now has 15 minutes")
     row.get_by_role("button", name="Usage of Created In Browser d.o.o.").click()
-    usage = page.locator("#usage-table tbody")
-    expect(usage.locator("tr").nth(0)).to_contain_text("Deduction")
-    expect(usage.locator("tr").nth(0)).to_contain_text("−5")
-    expect(usage.locator("tr").nth(1)).to_contain_text("Grant")
-    expect(usage.locator("tr").nth(1)).to_contain_text("+7.5")
-    expect(usage.locator("tr").nth(2)).to_contain_text("opening balance")
-    expect(usage.locator("tr").nth(2)).to_contain_text("+12.5")
+    rows = page.locator("#usage-table tbody tr")
+    for i, words in enumerate([("Deduction", "−5"), ("Grant", "+7.5"), ("Grant", "opening balance", "+12.5")]):
+        for w in words:
+            expect(rows.nth(i)).to_contain_text(w)
     # Disabling and a new key ask first too.
     page.once("dialog", lambda d: d.dismiss())
     row.get_by_role("button", name="Disable Created In Browser d.o.o.").click()
@@ -387,7 +350,7 @@ def test_admin_tools_confirm_destructive_actions(tab: Tab, live_server: LiveServ
     page.once("dialog", lambda d: d.accept())
     row.get_by_role("button", name="Disable Created In Browser d.o.o.").click()
     expect(row).to_contain_text("disabled")
-    assert _focused_id(page) == "Enable"  # focus is back on the (now Enable) button of that row
+    assert focused(page) == "Enable"  # focus is back on the (now Enable) button of that row
     assert httpx.get(f"{live_server.url}/account/capabilities", headers={"x-api-key": newer_key}, timeout=30).status_code == 403
 
     page.click("#admin-logout")
@@ -409,7 +372,7 @@ def test_every_tab_fits_and_passes_axe(browser, live_server: LiveServer, size: d
         t = open_tab(browser, live_server, size, scheme)
         page = t.page
         try:
-            _use_key(page, live_server, live_server.admin_key)
+            use_key(page, live_server, live_server.admin_key)
             page.wait_for_selector("#tab-admin:not([hidden])")
             where = f"{size['width']} px, {scheme}"
             assert_no_horizontal_scroll(page, f"demo, {where}")
@@ -418,10 +381,7 @@ def test_every_tab_fits_and_passes_axe(browser, live_server: LiveServer, size: d
             if scheme == "dark":
                 continue
             if size is PHONE:  # the other ends of the supported range, and the widths where layouts switch
-                for width in (360, 720, 1000, 1100, 1440):
-                    page.set_viewport_size({"width": width, "height": 800})
-                    assert_no_horizontal_scroll(page, f"demo, {width} px")
-                page.set_viewport_size(size)
+                sweep_widths(page, (360, 720, 1000, 1001, 1440), "demo", back_to=size)
             page.click("#tab-admin")
             page.wait_for_selector("#admin-login-card:not([hidden])")
             axe_audit(page, f"admin sign-in, {where}")
@@ -431,10 +391,7 @@ def test_every_tab_fits_and_passes_axe(browser, live_server: LiveServer, size: d
             page.wait_for_selector("#usage-panel:not([hidden])")
             assert_no_horizontal_scroll(page, f"admin, {where}")
             if size is PHONE:
-                for width in (360, 720, 1000, 1100, 1101, 1440):
-                    page.set_viewport_size({"width": width, "height": 800})
-                    assert_no_horizontal_scroll(page, f"admin, {width} px")
-                page.set_viewport_size(size)
+                sweep_widths(page, (360, 720, 1100, 1101, 1440), "admin", back_to=size)
             axe_audit(page, f"admin console, {where}")
             screenshot(page, f"admin-{size['width']}.png", full_page=True)
             # The one expected refusal: the admin tab's check for a session before signing in.

@@ -79,7 +79,7 @@ async function viaJob(body, fmt) {
     onSent: () => progress.update(0, "Uploaded 100%, queued"),
   });
   const job = JSON.parse(sent.text);
-  setStatus(status, "busy", `Job ${job.id} started; it keeps running if you leave this page.`);
+  setStatus(status, "busy", "The job runs on the server: it goes on if you leave this page.");
   const done = await waitForJob(job);
   const resp = await request(done.downloadUrl || `/subtitle/jobs/${encodeURIComponent(job.id)}/file`);
   const filename = filenameFrom(resp.headers.get("content-disposition"), `subtitles.${fmt}`);
