@@ -1,4 +1,4 @@
-// Pure formatting: numbers and times as people read them, what a result cost, and transcripts as TXT, SRT,
+// Pure formatting: numbers and times as people read them, what a result cost, and transcripts as SRT,
 // WebVTT and cue lists. A "segment" is { speaker, text, startMs, endMs } (speaker null without diarization).
 
 export function formatMinutes(n) {
@@ -44,20 +44,6 @@ function stamp(ms, sep) {
 
 function cueText(seg) {
   return seg.speaker ? `${seg.speaker}: ${seg.text.trim()}` : seg.text.trim();
-}
-
-/** Plain text: one paragraph per speaker turn (or one paragraph without speakers). */
-export function segmentsToText(segments) {
-  const out = [];
-  let last;
-  for (const seg of segments) {
-    const text = seg.text.trim();
-    if (!text) continue;
-    if (out.length && seg.speaker === last) out[out.length - 1] += " " + text;
-    else out.push(seg.speaker ? `${seg.speaker}: ${text}` : text);
-    last = seg.speaker;
-  }
-  return out.join("\n\n") + (out.length ? "\n" : "");
 }
 
 export function segmentsToSrt(segments) {
