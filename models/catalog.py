@@ -19,11 +19,13 @@ import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 BASE_MODEL_BIN_SIZE = 145_217_532
+MULTILINGUAL_VOCABULARY = 51865
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ class Catalog:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if (p / "model.bin").is_file() and (p / "config.json").is_file())
+
+    def whisper_multilingual(self, name: str) -> bool:
+        """Whether an installed Whisper model knows languages other than English, read from its vocabulary
+        size as CTranslate2 decides it (51865 tokens multilingual, 51864 English-only), without loading it."""
+        d = self.whisper_dir(name)
+        for vocab in (d / "vocabulary.txt", d / "vocabulary.json"):
+            if vocab.is_file():
+                return _vocabulary_size(vocab, vocab.stat().st_mtime_ns) >= MULTILINGUAL_VOCABULARY
+        return not name.endswith(".en")  # no vocabulary beside the model: OpenAI's naming convention
 
     def piper_voice(self, name: str) -> tuple[Path, Path]:
         return self.root / "piper" / f"{name}.onnx", self.root / "piper" / f"{name}.onnx.json"
@@ -132,6 +143,15 @@ def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@lru_cache(maxsize=64)
+def _vocabulary_size(path: Path, mtime_ns: int) -> int:
+    """Entries in a CT2 vocabulary file; cached per file version (capabilities ask on every page load)."""
+    if path.suffix == ".json":
+        return len(json.loads(path.read_text(encoding="utf-8")))
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
 
 
 def sha256_file(path: Path) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from engines.manager import ModelManager
 from models.catalog import Catalog
 from server.accounts import Account
-from server.engine_specs import STT_ENGINES, TTS_ENGINES, Selection, SpecError, resolve
+from server.engine_specs import OFF, STT_ENGINES, TTS_ENGINES, Selection, SpecError, resolve
 from server.errors import ApiError
 from server.settings import Settings
 
@@ -29,7 +29,19 @@ class Capabilities:
         spec = f"piper:{voice}" if voice else account.tts_engine
         return resolve(spec, self.settings.default_tts, TTS_ENGINES, self.catalog.piper_voices(), "TTS")
 
-    def require_stt(self, account: Account) -> Selection:
+    def require_stt(self, account: Account, model: str | None = None) -> Selection:
+        """The account's STT selection, or the installed Whisper `model` a request chose instead: an account
+        with STT configured may use any installed model (minutes cost the same); 'off' allows none."""
+        if model is not None:
+            if account.stt_engine is not None and account.stt_engine.strip().lower() == OFF:
+                raise ApiError(403, "stt_not_configured", "Speech-to-text is not configured for this account (sttApiKey is 'off')")
+            installed = self.catalog.whisper_models()
+            if model not in installed:
+                raise ApiError(
+                    400, "unknown_model",
+                    f"model {model!r} is not installed here (installed: {', '.join(installed) or 'none'})",
+                )
+            return Selection(True, "whisper", model)
         try:
             sel = self.stt_selection(account)
         except SpecError as exc:
@@ -38,9 +50,9 @@ class Capabilities:
             raise ApiError(403, "stt_not_configured", "Speech-to-text is not configured for this account (sttApiKey is 'off')")
         return sel
 
-    def require_stt_options(self, account: Account, *, diarize: bool) -> Selection:
+    def require_stt_options(self, account: Account, *, diarize: bool, model: str | None = None) -> Selection:
         """require_stt, plus a diarizer when the request asks for speaker labels."""
-        sel = self.require_stt(account)
+        sel = self.require_stt(account, model)
         if diarize and self.settings.default_diarizer == "off":
             raise ApiError(400, "diarization_not_configured", "Speaker diarization is turned off on this server")
         return sel
@@ -81,8 +93,13 @@ class Capabilities:
         diar_ok = diar != "off" and (
             self.catalog.ge2e_weights().is_file() if diar_engine == "builtin" else diar_model in self.catalog.pyannote_pipelines()
         )
+        stt = describe(self.stt_selection)
+        # What a request may send as `model` (POST /stt, /subtitle, the realtime config): nothing when STT is off.
+        choices = [
+            {"model": m, "multilingual": self.catalog.whisper_multilingual(m)} for m in self.catalog.whisper_models()
+        ] if stt["configured"] or stt.get("error") else []
         return {
-            "stt": {**describe(self.stt_selection), "models": self.catalog.whisper_models()},
+            "stt": {**stt, "models": self.catalog.whisper_models(), "choices": choices},
             "tts": {**describe(self.tts_selection), "voices": self.catalog.piper_voices()},
             "diarization": {
                 "configured": diar_ok,

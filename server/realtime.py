@@ -83,7 +83,7 @@ class RealtimeSession:
         """Every refusal (STT off, no minutes, unserved translation pair, missing model) happens here."""
         from engines.stream_decode import StreamDecoder
 
-        sel = self.state.capabilities.require_stt(self.account)
+        sel = self.state.capabilities.require_stt(self.account, self.config.stt.model)
         cfg = self.config
         self._take_slot()
         if cfg.two_way:
@@ -97,7 +97,7 @@ class RealtimeSession:
                 )
         engine = await asyncio.to_thread(self.state.models.stt, sel.model)
         if cfg.two_way and not engine.multilingual:
-            raise ConfigError(f"two-way translation needs a multilingual STT model; this account uses {sel.model}")
+            raise ConfigError(f"two-way translation needs a multilingual STT model; {sel.model} is English-only")
         hints = cfg.stt.language_hints or ((cfg.language_a, cfg.language_b) if cfg.two_way else ())
         try:  # the engine's own rule, as for POST /stt (e.g. an English-only model cannot serve 'de')
             engine.check_language_hints([h for h in hints if h])

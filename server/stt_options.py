@@ -29,6 +29,7 @@ class SttOptions:
     translation_terms: tuple[tuple[str, str], ...] = ()
     context: Mapping[str, Any] = field(default_factory=dict)
     word_timestamps: bool = False
+    model: str | None = None  # an installed Whisper model chosen per request; None: the account's engine
 
     def to_json(self) -> str:
         return json.dumps(
@@ -38,7 +39,7 @@ class SttOptions:
                 "num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers,
                 "speaker_labels": {str(k): v for k, v in self.speaker_labels.items()}, "terms": list(self.terms),
                 "translation_terms": [list(p) for p in self.translation_terms], "context": dict(self.context),
-                "word_timestamps": self.word_timestamps,
+                "word_timestamps": self.word_timestamps, "model": self.model,
             }
         )
 
@@ -50,7 +51,7 @@ class SttOptions:
             num_speakers=d["num_speakers"], min_speakers=d["min_speakers"], max_speakers=d["max_speakers"],
             speaker_labels={int(k): v for k, v in d["speaker_labels"].items()}, terms=tuple(d["terms"]),
             translation_terms=tuple((a, b) for a, b in d["translation_terms"]), context=d["context"],
-            word_timestamps=d["word_timestamps"],
+            word_timestamps=d["word_timestamps"], model=d.get("model"),  # jobs stored before `model` existed
         )
 
 
@@ -107,6 +108,18 @@ def parse_language_hints(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_model(value: Any) -> str | None:
+    """`base` or `whisper:base`; whether it is installed is the capabilities' check, at request time."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or len(value) > 100:
+        raise bad_request("model must be the name of an installed Whisper model, such as base")
+    engine, sep, name = value.strip().partition(":")
+    if sep and engine.lower() != "whisper":
+        raise bad_request(f"model {value!r}: only whisper models serve speech-to-text here")
+    return (name if sep else engine).strip() or None
+
+
 def parse_stt_options(fields: Mapping[str, Any]) -> SttOptions:
     """Accepts the spec's camelCase names (and the realtime config's snake_case ones)."""
     from engines.terms import TermsError, build_context
@@ -146,6 +159,7 @@ def parse_stt_options(fields: Mapping[str, Any]) -> SttOptions:
         num_speakers=num, min_speakers=lo, max_speakers=hi,
         speaker_labels=labels, terms=terms, translation_terms=pairs, context=context,
         word_timestamps=parse_bool(fields.get("wordTimestamps"), "wordTimestamps"),
+        model=parse_model(fields.get("model")),
     )
 
 

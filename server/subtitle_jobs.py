@@ -88,7 +88,7 @@ class SubtitleJobs:
         from engines.audio import EngineError, probe_duration
 
         # Refused now rather than failing later in the worker (the same checks /stt makes).
-        self._state.capabilities.require_stt_options(account, diarize=options.diarize)
+        self._state.capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         try:
             duration = await asyncio.to_thread(probe_duration, media.path)
         except EngineError as exc:

@@ -90,7 +90,7 @@ class TranscriptionService:
 
         Decoding never goes past what the balance covers (plus, for a subtitle job, what it reserved at
         upload), so a small file that decodes to hours costs a bounded amount of work before the 402."""
-        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize)
+        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         held: Reservation | None = None
         if reservation_id is not None:  # subtitle jobs reserve at upload time and settle here
             held = await self.minutes.get(reservation_id)

@@ -116,15 +116,16 @@ class Session:
 
 def run_session(
     server: Server, key: str, config: dict | str, chunks: Iterable[bytes], *, pace_s: float = 0.0,
-    finalize: bool = True, end_frame: bytes | str = b"",
+    finalize: bool = True, end_frame: bytes | str = b"", key_in_url: bool = True,
 ) -> Session:
     """Config, audio frames (every `pace_s` seconds when given: a microphone), the empty frame, then every
-    message until the server closes."""
+    message until the server closes. `key_in_url=False` connects without a key: the config must carry it."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     messages: list[dict] = []
-    with connect(f"{server.ws_url}?apiKey={key}", proxy=None, max_queue=None, open_timeout=30) as ws:
+    url = f"{server.ws_url}?apiKey={key}" if key_in_url else server.ws_url
+    with connect(url, proxy=None, max_queue=None, open_timeout=30) as ws:
         ws.send(config if isinstance(config, str) else json.dumps(config))
         start = time.monotonic()
         try:

@@ -105,12 +105,17 @@ async def test_engine_specs_validated_at_creation(api):
     caps = (await api.client.get("/account/capabilities", headers={"x-api-key": r.json()["apiKey"]})).json()
     assert caps["stt"] == {**caps["stt"], "configured": True, "engine": "whisper", "model": "tiny.en", "device": "cpu"}
     assert caps["tts"]["configured"] is False
+    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "sttApiKey": "off"})
+    caps = (await api.client.get("/account/capabilities", headers={"x-api-key": r.json()["apiKey"]})).json()
+    assert caps["stt"]["configured"] is False and caps["stt"]["choices"] == []
 
 
 async def test_capabilities_defaults(api):
     acc = await api.account()
     caps = (await api.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"]})).json()
     assert caps["stt"]["configured"] and caps["stt"]["model"] == "base"
+    # The models a request may choose, and which of them know languages besides English.
+    assert caps["stt"]["choices"] == [{"model": "base", "multilingual": True}, {"model": "tiny.en", "multilingual": False}]
     assert caps["tts"]["configured"] and caps["tts"]["model"] == "en_US-joe-medium"
     assert caps["diarization"]["engine"] == "builtin" and caps["diarization"]["configured"] is True
     assert "pairs" in caps["translation"]

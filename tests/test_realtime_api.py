@@ -301,18 +301,27 @@ def test_two_way_with_the_ct2_translator(server: Server) -> None:
     [
         ("bad_key", 401), ("not_json", 400), ("bad_format", 400), ("pcm_without_rate", 400),
         ("half_two_way", 400), ("english_only_german_hint", 400), ("stt_off", 403), ("no_minutes", 402),
+        ("no_key_anywhere", 401), ("bad_key_in_message", 401), ("not_json_without_key", 401),
+        ("unknown_model", 400), ("chosen_english_only_model_german_hint", 400),
     ],
 )
 def test_refusals_are_one_error_message_then_close(server: Server, case: str, status: int) -> None:
-    extra: dict[str, dict[str, Any]] = {"stt_off": {"sttApiKey": "off"}, "no_minutes": {"startingMinutes": 0}}
+    extra: dict[str, dict[str, Any]] = {
+        "stt_off": {"sttApiKey": "off"}, "no_minutes": {"startingMinutes": 0},
+        "chosen_english_only_model_german_hint": {"sttApiKey": "whisper:base"},  # the session picks tiny.en
+    }
     fields = extra.get(case, {})
     key = "s7_not_a_key" if case == "bad_key" else server.account(**{"sttApiKey": "whisper:tiny.en", **fields})
+    pcm = {"audio_format": "pcm_s16le", "sample_rate": 16000}
     config: Any = {
         "not_json": "hello", "bad_format": {"audio_format": "aiff"},
         "pcm_without_rate": {"audio_format": "pcm_s16le"}, "half_two_way": {"languageA": "en"},
-        "english_only_german_hint": {"language_hints": ["de"]},
-    }.get(case, {"audio_format": "pcm_s16le", "sample_rate": 16000})
-    session = run_session(server, key, config, [b"\x00\x01" * 1600])
+        "english_only_german_hint": {"language_hints": ["de"]}, "not_json_without_key": "hello",
+        "bad_key_in_message": {**pcm, "apiKey": "s7_not_a_key"}, "unknown_model": {**pcm, "model": "large-v9"},
+        "chosen_english_only_model_german_hint": {**pcm, "model": "whisper:tiny.en", "language_hints": ["de"]},
+    }.get(case, pcm)
+    key_in_url = case not in {"no_key_anywhere", "bad_key_in_message", "not_json_without_key"}
+    session = run_session(server, key, config, [b"\x00\x01" * 1600], key_in_url=key_in_url)
     assert len(session.messages) == 1, session.messages
     [msg] = session.messages
     assert set(msg) == {"error_code", "error_message"} and msg["error_code"] == status
@@ -320,6 +329,19 @@ def test_refusals_are_one_error_message_then_close(server: Server, case: str, st
     assert session.close_code == 4000 + status
     if case != "bad_key":
         assert server.capabilities(key)["minutesRemaining"] == (0 if case == "no_minutes" else 10)
+
+
+def test_key_in_the_config_message_instead_of_the_url(server: Server, testdata: Path) -> None:
+    """What the web page does: no key in the URL, `apiKey` in the first message; the config's other fields
+    (here a multilingual model instead of the account's English-only one) still apply."""
+    key = server.account(sttApiKey="whisper:tiny.en")
+    config = {"audio_format": "pcm_s16le", "sample_rate": SAMPLE_RATE, "apiKey": key, "model": "base",
+              "language_hints": ["de"]}
+    raw = s16(load(testdata / "de" / "recorded_sample_02.wav"))  # "Der Prophet spricht stets in Gleichnissen."
+    session = run_session(server, key, config, frames(raw, 3200), key_in_url=False)
+    assert_finished(session)
+    assert {"spricht", "stets"} <= set(words(session.text())), session.text()
+    assert server.capabilities(key)["minutesRemaining"] == 9.5
 
 
 def test_session_ends_when_the_minutes_run_out(server: Server) -> None:

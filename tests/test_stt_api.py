@@ -302,6 +302,18 @@ async def test_language_hints_prefer_and_language_forces(api, testdata: Path) ->
     assert forced["language"] == "en" and forced["languageProbability"] == 1.0
 
 
+async def test_a_request_may_choose_another_installed_model(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+    key = await account(api)  # the account's own model, tiny.en, is English-only
+    clip = testdata / "de" / "recorded_sample_02.wav"  # "Der Prophet spricht stets in Gleichnissen."
+    body = (await post_stt(api, key, clip, model="base")).json()
+    assert body["language"] == "de" and "spricht" in words_of(body["text"]), body
+    assert error_of(await post_stt(api, key, clip, model="large-v9"), 400)["code"] == "unknown_model"
+    assert "piper" in error_of(await post_stt(api, key, clip, model="piper:en_US-joe-medium"), 400)["message"]
+    off = (await api.account(sttApiKey="off"))["apiKey"]
+    assert error_of(await post_stt(api, off, clip, model="base"), 403)["code"] == "stt_not_configured"
+    assert await ledger(api, key) == [("stt", "settled", 0.5)]  # the refusals cost nothing
+
+
 async def test_translate_to_english_with_translation_terms(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
     key = await account(api, "base")
     clip = testdata / "de" / "recorded_sample_01.wav"  # "Das Teilen eines Benutzerkontos ist ..."

@@ -1,14 +1,17 @@
-"""WS /stt/realtime: JSON config first, then binary audio frames, an empty frame to finalize."""
+"""WS /stt/realtime: JSON config first (it may carry the API key), then binary audio frames, an empty frame
+to finalize."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from typing import Any
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server.accounts import Account
 from server.errors import ApiError, unauthorized
 from server.realtime import RealtimeSession, error_message
 from server.realtime_config import parse_config
@@ -24,17 +27,24 @@ async def realtime(ws: WebSocket) -> None:
     processor: asyncio.Task | None = None
     try:
         key = ws.headers.get("x-api-key") or ws.query_params.get("apiKey")
-        account = await state.accounts.authenticate(key) if key else None
-        if account is None:
-            raise unauthorized("Missing or invalid API key (use ?apiKey=...)")
-        if account.disabled:
-            raise ApiError(403, "account_disabled", "This account is disabled")
+        # A key in the header or the URL is checked before the config arrives; without one, the config
+        # message must carry it (`apiKey`), which keeps it out of URLs, proxy logs and browser history.
+        account = await _authenticate(state, key) if key else None
         first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
         if first["type"] == "websocket.disconnect":
             return
         text = first.get("text")
         raw: str = text if text is not None else (first.get("bytes") or b"").decode("utf-8", "replace")
-        config = parse_config(json.loads(raw))
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            if account is None:
+                raise unauthorized(MISSING_KEY) from None
+            raise
+        message_key = body.pop("apiKey", None) if isinstance(body, dict) else None
+        if account is None:
+            account = await _authenticate(state, message_key if isinstance(message_key, str) else None)
+        config = parse_config(body)
 
         async def send(msg: dict) -> None:
             await ws.send_text(json.dumps(msg, ensure_ascii=False))
@@ -89,6 +99,18 @@ async def realtime(ws: WebSocket) -> None:
                 pass
         if session is not None:
             await session.close()
+
+
+MISSING_KEY = "Missing or invalid API key (send x-api-key, ?apiKey=..., or apiKey in the config message)"
+
+
+async def _authenticate(state: Any, key: str | None) -> Account:
+    account = await state.accounts.authenticate(key) if key else None
+    if account is None:
+        raise unauthorized(MISSING_KEY)
+    if account.disabled:
+        raise ApiError(403, "account_disabled", "This account is disabled")
+    return account
 
 
 async def _fail(ws: WebSocket, body: dict) -> None:

@@ -1,15 +1,20 @@
 // The admin area. Signing in with an admin API key buys an HttpOnly session cookie; every admin call then goes
 // WITHOUT the x-api-key header (so the cookie is what authenticates) and state-changing ones echo the CSRF
-// token the login returned.
+// token the login returned. Destructive actions (disable, new key, deducting minutes) ask first.
 
-import { describeError, el, formatDate, formatMinutes, request, requestJson, setStatus, statusOf, withBusy } from "./api.js";
+import { describeError, el, getKey, onSubmit, request, requestJson, setStatus, statusOf, withBusy } from "./api.js";
+import { usageRows } from "./admin-usage.js";
+import { copyText } from "./exports.js";
+import { formatDate, formatMinutes } from "./format.js";
 
 const loginCard = document.getElementById("admin-login-card");
 const loginForm = document.getElementById("admin-login");
 const consoleEl = document.getElementById("admin-console");
 const createForm = document.getElementById("create-form");
 const accountsCard = document.getElementById("card-accounts");
+const accountsStatus = statusOf(accountsCard);
 const tbody = document.querySelector("#accounts-table tbody");
+const useKey = document.getElementById("admin-use-key");
 
 let csrf = null;
 
@@ -28,6 +33,7 @@ function showLogin() {
   consoleEl.hidden = true;
   loginCard.hidden = false;
   document.getElementById("new-key").hidden = true;
+  document.getElementById("usage-panel").hidden = true;
   tbody.replaceChildren();
 }
 
@@ -41,19 +47,19 @@ export async function checkSession() {
   }
 }
 
-async function login(event) {
-  event.preventDefault();
+/** The key bar's key is an admin key: offer to sign in with it rather than typing it again. */
+export function setAdminKeyAvailable(yes) {
+  useKey.hidden = !yes;
+}
+
+async function signIn(key) {
   const status = statusOf(loginCard);
-  const keyInput = document.getElementById("admin-key");
-  await withBusy(loginForm.querySelector("button"), status, async () => {
-    const key = keyInput.value.trim();
-    if (!key) throw new Error("Enter an admin API key.");
-    setStatus(status, "busy", "Signing in…");
-    const session = await requestJson("/admin/login", { method: "POST", json: { apiKey: key }, auth: false });
-    keyInput.value = "";
-    setStatus(status, "", "");
-    showConsole(session);
-  });
+  if (!key) throw new Error("Enter an admin API key.");
+  setStatus(status, "busy", "Signing in…");
+  const session = await requestJson("/admin/login", { method: "POST", json: { apiKey: key }, auth: false });
+  document.getElementById("admin-key").value = "";
+  setStatus(status, "", "");
+  showConsole(session);
 }
 
 async function logout() {
@@ -79,110 +85,111 @@ export function accountBody(form) {
   return body;
 }
 
-async function createAccount(event) {
-  event.preventDefault();
+async function createAccount() {
   const status = statusOf(createForm);
   const box = document.getElementById("new-key");
   box.hidden = true;
-  await withBusy(createForm.querySelector("button[type=submit]"), status, async () => {
-    const created = await admin("/accounts", { method: "POST", json: accountBody(createForm) });
-    document.getElementById("new-key-value").textContent = created.apiKey;
-    box.hidden = false;
-    const who = created.companyName || created.contactName || created.id;
-    setStatus(status, "ok", `Account ${created.id} (${who}) created with ${formatMinutes(created.minutes)} minutes.`);
-    await loadAccounts();
-  });
+  const created = await admin("/accounts", { method: "POST", json: accountBody(createForm) });
+  document.getElementById("new-key-value").textContent = created.apiKey;
+  box.hidden = false;
+  const who = created.companyName || created.contactName || created.id;
+  setStatus(status, "ok", `Account ${created.id} (${who}) created with ${formatMinutes(created.minutes)} minutes.`);
+  await loadAccounts();
 }
 
-function engines(a) {
-  return el("div", {}, el("div", { text: `STT: ${a.sttApiKey || "default"}` }), el("div", { class: "sub", text: `TTS: ${a.ttsApiKey || "default"}` }));
+function nameOf(a) {
+  return a.companyName || a.contactName || a.id;
+}
+
+/** Add (or, negative, deduct) minutes: a form per row, so Enter in the box submits it. */
+function minutesForm(a) {
+  const amount = el("input", { type: "number", step: "any", name: "minutes", placeholder: "± min", "data-action": "amount", "aria-label": `Minutes to add to ${nameOf(a)} (negative deducts)` });
+  const form = el("form", { class: "acts minutes-form" }, amount,
+    el("button", { type: "submit", class: "btn small", text: "Add", "data-action": "add", "aria-label": `Add minutes to ${nameOf(a)}` }));
+  onSubmit(form, accountsStatus, async () => {
+    const minutes = Number(amount.value);
+    if (!amount.value.trim() || !Number.isFinite(minutes) || minutes === 0) throw new Error("Enter a number of minutes (negative to deduct).");
+    if (minutes < 0 && !window.confirm(`Deduct ${formatMinutes(-minutes)} minutes from ${nameOf(a)}? They would have ${formatMinutes(Math.max(0, a.minutes + minutes))} left.`)) return;
+    const r = await admin(`/accounts/${encodeURIComponent(a.id)}/minutes`, { method: "POST", json: { minutes } });
+    setStatus(accountsStatus, "ok", `${nameOf(a)} now has ${formatMinutes(r.minutes)} minutes.`);
+    await loadAccounts(a.id);
+  });
+  return form;
 }
 
 function actionCell(a) {
-  const status = statusOf(accountsCard);
-  const amount = el("input", { type: "number", step: "any", placeholder: "+min", "aria-label": `Minutes to add to ${a.id}` });
-  const add = el("button", { type: "button", class: "btn small", text: "Add" });
-  add.addEventListener("click", () => withBusy(add, status, async () => {
-    const minutes = Number(amount.value);
-    if (!amount.value.trim() || !Number.isFinite(minutes)) throw new Error("Enter a number of minutes (negative to deduct).");
-    const r = await admin(`/accounts/${encodeURIComponent(a.id)}/minutes`, { method: "POST", json: { minutes } });
-    setStatus(status, "ok", `${a.id} now has ${formatMinutes(r.minutes)} minutes.`);
-    await loadAccounts();
-  }));
-  const toggle = el("button", { type: "button", class: "btn small" + (a.disabled ? "" : " danger"), text: a.disabled ? "Enable" : "Disable" });
-  toggle.addEventListener("click", () => withBusy(toggle, status, async () => {
+  const who = nameOf(a);
+  const toggle = el("button", { type: "button", class: "btn small" + (a.disabled ? "" : " danger"), text: a.disabled ? "Enable" : "Disable", "data-action": "toggle", "aria-label": `${a.disabled ? "Enable" : "Disable"} ${who}` });
+  toggle.addEventListener("click", () => withBusy(toggle, accountsStatus, async () => {
+    if (!a.disabled && !window.confirm(`Disable ${who}? Its API key stops working until you enable the account again.`)) return;
     await admin(`/accounts/${encodeURIComponent(a.id)}`, { method: "PATCH", json: { disabled: !a.disabled } });
-    setStatus(status, "ok", `${a.id} ${a.disabled ? "enabled" : "disabled"}.`);
-    await loadAccounts();
+    setStatus(accountsStatus, "ok", `${who} ${a.disabled ? "enabled" : "disabled"}.`);
+    await loadAccounts(a.id);
   }));
-  const rotate = el("button", { type: "button", class: "btn small ghost", text: "New key" });
-  rotate.addEventListener("click", () => withBusy(rotate, status, async () => {
-    if (!window.confirm(`Replace the API key of ${a.id}? The old key stops working at once.`)) return;
+  const rotate = el("button", { type: "button", class: "btn small ghost", text: "New key", "data-action": "rotate", "aria-label": `New key for ${who}` });
+  rotate.addEventListener("click", () => withBusy(rotate, accountsStatus, async () => {
+    if (!window.confirm(`Replace the API key of ${who}? The old key stops working at once.`)) return;
     const r = await admin(`/accounts/${encodeURIComponent(a.id)}/rotate-key`, { method: "POST", json: {} });
-    setStatus(status, "ok", "");
-    status.append(`New API key for ${a.id} (shown once): `, el("code", { class: "rotated-key", text: r.apiKey }));
-    await loadAccounts(false);
+    setStatus(accountsStatus, "ok", "");
+    accountsStatus.append(`New API key for ${who} (shown once): `, el("code", { class: "rotated-key", text: r.apiKey }));
+    await loadAccounts(a.id, false);
   }));
-  const usage = el("button", { type: "button", class: "btn small ghost", text: "Usage" });
-  usage.addEventListener("click", () => withBusy(usage, status, () => loadUsage(a.id)));
-  return el("div", { class: "acts" }, amount, add, toggle, rotate, usage);
+  const usage = el("button", { type: "button", class: "btn small ghost", text: "Usage", "data-action": "usage", "aria-label": `Usage of ${who}` });
+  usage.addEventListener("click", () => withBusy(usage, accountsStatus, () => loadUsage(a)));
+  return el("div", { class: "acts" }, minutesForm(a), toggle, rotate, usage);
 }
 
 function accountRow(a) {
   const state = [];
   if (a.isAdmin) state.push(el("span", { class: "pill accent", text: "admin" }));
   state.push(el("span", { class: a.disabled ? "pill off" : "pill ok", text: a.disabled ? "disabled" : "active" }));
+  // One element per cell: on a phone each cell is a two-column grid (its column name, then this).
+  const cell = (label, cls, ...children) => el("td", { "data-label": label, class: cls }, el("div", {}, ...children));
   return el(
     "tr",
     { class: a.disabled ? "disabled" : "", "data-id": a.id },
-    el("td", {}, el("code", { text: a.id }), el("div", { class: "sub", text: formatDate(a.createdAt) })),
-    el("td", {}, el("div", { text: a.companyName || "—" }), el("div", { class: "sub", text: a.contactName || "" })),
-    el("td", {}, el("code", { text: a.keyPrefix ? `${a.keyPrefix}…` : "" })),
-    el("td", { class: "num" }, el("div", { text: formatMinutes(a.minutes) }), el("div", { class: "sub", text: `of ${formatMinutes(a.startingMinutes)}` })),
-    el("td", {}, engines(a)),
-    el("td", {}, el("div", { class: "acts" }, ...state)),
-    el("td", {}, actionCell(a)),
+    cell("Account", null, el("code", { text: a.id }), el("div", { class: "sub", text: formatDate(a.createdAt) })),
+    cell("Company", null, el("div", { text: a.companyName || "—" }), el("div", { class: "sub", text: a.contactName || "" })),
+    cell("Key", null, el("code", { text: a.keyPrefix ? `${a.keyPrefix}…` : "" })),
+    cell("Balance", "num", `${formatMinutes(a.minutes)} min`),
+    cell("Engines", null, el("div", { text: `STT: ${a.sttApiKey || "default"}` }), el("div", { class: "sub", text: `TTS: ${a.ttsApiKey || "default"}` })),
+    cell("State", null, el("div", { class: "acts" }, ...state)),
+    cell("Actions", null, actionCell(a)),
   );
 }
 
-async function loadAccounts(clearStatus = true) {
-  const status = statusOf(accountsCard);
+/** Reloads the table; in `focusId`'s row the control that was used gets focus back (the rows are new). */
+async function loadAccounts(focusId, clearStatus = true) {
+  const action = document.activeElement?.dataset?.action;
   try {
     const data = await admin("/accounts?limit=1000");
     tbody.replaceChildren(...(data.accounts || []).map(accountRow));
-    if (clearStatus && status.classList.contains("error")) setStatus(status, "", "");
+    if (clearStatus && accountsStatus.classList.contains("error")) setStatus(accountsStatus, "", "");
   } catch (err) {
     if (err.status === 401) return showLogin(); // the session expired
-    setStatus(status, "error", describeError(err));
+    setStatus(accountsStatus, "error", describeError(err));
+    return;
   }
+  const row = focusId && tbody.querySelector(`tr[data-id="${CSS.escape(focusId)}"]`);
+  if (row && action) row.querySelector(`[data-action="${action}"]`).focus();
 }
 
-async function loadUsage(id) {
-  const data = await admin(`/accounts/${encodeURIComponent(id)}/usage?limit=100`);
-  document.getElementById("usage-who").textContent = id;
-  const rows = (data.usage || []).map((u) =>
-    el("tr", {},
-      el("td", { text: formatDate(u.createdAt) }), el("td", { text: u.kind }), el("td", { text: u.status }),
-      el("td", { class: "num", text: formatMinutes(u.minutes) }), el("td", { class: "num", text: (u.audioSeconds || 0).toFixed(1) }),
-      el("td", { text: u.note || u.reference || "" })));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "6", class: "sub", text: "No usage yet." })));
-  document.querySelector("#usage-table tbody").replaceChildren(...rows);
+async function loadUsage(a) {
+  const data = await admin(`/accounts/${encodeURIComponent(a.id)}/usage?limit=100`);
+  document.getElementById("usage-who").textContent = nameOf(a);
+  document.querySelector("#usage-table tbody").replaceChildren(...usageRows(data.usage || []));
   document.getElementById("usage-panel").hidden = false;
 }
 
 export function initAdmin() {
-  loginForm.addEventListener("submit", login);
-  createForm.addEventListener("submit", createAccount);
+  onSubmit(loginForm, statusOf(loginCard), () => signIn(document.getElementById("admin-key").value.trim()));
+  useKey.addEventListener("click", () => withBusy(useKey, statusOf(loginCard), () => signIn(getKey())));
+  onSubmit(createForm, statusOf(createForm), createAccount);
   document.getElementById("admin-logout").addEventListener("click", logout);
   const refresh = document.getElementById("accounts-refresh");
-  refresh.addEventListener("click", () => withBusy(refresh, statusOf(accountsCard), () => loadAccounts()));
+  refresh.addEventListener("click", () => withBusy(refresh, accountsStatus, () => loadAccounts()));
   document.getElementById("new-key-copy").addEventListener("click", async (e) => {
-    const text = document.getElementById("new-key-value").textContent;
-    try {
-      await navigator.clipboard.writeText(text);
-      e.target.textContent = "Copied";
-    } catch {
-      e.target.textContent = "Select and copy";
-    }
+    const ok = await copyText(document.getElementById("new-key-value").textContent);
+    e.target.textContent = ok ? "Copied" : "Select and copy";
   });
 }

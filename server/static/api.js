@@ -1,5 +1,5 @@
-// Talking to the server: the stored API key, fetch wrappers that turn every failure into an ApiError with a
-// readable message, and the small DOM helpers the cards share for showing status and errors.
+// Talking to the server: the stored API key, fetch and upload wrappers that turn every failure into an ApiError
+// with a readable message, and the small DOM helpers the cards share for status lines and busy buttons.
 
 const KEY_STORAGE = "speech7.apiKey";
 
@@ -34,11 +34,10 @@ const STATUS_WORDS = {
   429: "Too many requests", 500: "Server error", 502: "Bad gateway", 503: "Service unavailable",
 };
 
-/** Builds an ApiError from a failed response: the server's `{"error": {code, message}}` when it sent one. */
-export async function errorFromResponse(resp) {
-  let code = "http_" + resp.status;
+/** An ApiError from a failed response's status and body: the server's `{"error": {code, message}}` if sent. */
+export function errorFromText(status, text) {
+  let code = "http_" + status;
   let message = "";
-  const text = await resp.text().catch(() => "");
   try {
     const body = JSON.parse(text);
     const err = body && body.error;
@@ -53,21 +52,24 @@ export async function errorFromResponse(resp) {
     }
   } catch {
     // Not JSON (a proxy's HTML page, say): show a short plain-text excerpt rather than nothing.
-    message = text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 200);
+    message = String(text || "").replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 200);
   }
-  return new ApiError(resp.status, code, message || STATUS_WORDS[resp.status] || `HTTP ${resp.status}`);
+  return new ApiError(status, code, message || STATUS_WORDS[status] || `HTTP ${status}`);
+}
+
+function noKey() {
+  return new ApiError(0, "no_key", "Enter your API key at the top of the page first.");
 }
 
 /**
  * fetch() with the API key header (unless `auth: false`), JSON or FormData bodies and the admin CSRF header.
  * Resolves to the Response when it is 2xx, otherwise throws an ApiError.
  */
-export async function request(path, { method = "GET", json, form, auth = true, csrf, signal, headers = {} } = {}) {
-  const h = new Headers(headers);
+export async function request(path, { method = "GET", json, form, auth = true, csrf, signal } = {}) {
+  const h = new Headers();
   if (auth) {
-    const key = getKey();
-    if (!key) throw new ApiError(0, "no_key", "Enter your API key at the top of the page first.");
-    h.set("x-api-key", key);
+    if (!getKey()) throw noKey();
+    h.set("x-api-key", getKey());
   }
   if (csrf && method !== "GET") h.set("X-CSRF-Token", csrf);
   let body;
@@ -84,13 +86,35 @@ export async function request(path, { method = "GET", json, form, auth = true, c
     if (err && err.name === "AbortError") throw err;
     throw new ApiError(0, "network", "Could not reach the server: " + (err && err.message ? err.message : err));
   }
-  if (!resp.ok) throw await errorFromResponse(resp);
+  if (!resp.ok) throw errorFromText(resp.status, await resp.text().catch(() => ""));
   return resp;
 }
 
 export async function requestJson(path, options) {
   const resp = await request(path, options);
   return resp.json();
+}
+
+/**
+ * POSTs a FormData with XMLHttpRequest, the one browser API that reports upload progress:
+ * `onUpload(fraction)` while the file goes up, `onSent()` once it is all sent (the server is then working).
+ * Resolves to `{ text, header(name) }` for a 2xx answer, otherwise throws an ApiError.
+ */
+export function upload(path, form, { onUpload, onSent } = {}) {
+  return new Promise((resolve, reject) => {
+    if (!getKey()) return reject(noKey());
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    xhr.setRequestHeader("x-api-key", getKey());
+    xhr.upload.addEventListener("progress", (e) => e.lengthComputable && onUpload && onUpload(e.loaded / e.total));
+    xhr.upload.addEventListener("load", () => onSent && onSent());
+    xhr.addEventListener("load", () => {
+      if (xhr.status >= 200 && xhr.status < 300) resolve({ text: xhr.responseText, header: (n) => xhr.getResponseHeader(n) });
+      else reject(errorFromText(xhr.status, xhr.responseText));
+    });
+    xhr.addEventListener("error", () => reject(new ApiError(0, "network", "Could not reach the server (the upload failed).")));
+    xhr.send(form);
+  });
 }
 
 /** One sentence a user can act on, for any error thrown by the helpers above (or by the browser). */
@@ -105,35 +129,40 @@ export function describeError(err) {
 }
 
 /** Shows a message in an element with class `status`: kind is "", "ok", "error" or "busy". */
-export function setStatus(el, kind, text) {
-  el.className = "status" + (kind && kind !== "busy" ? " " + kind : "");
-  el.textContent = "";
-  if (kind === "error") {
-    const strong = document.createElement("strong");
-    strong.textContent = "Error: ";
-    el.append(strong, text);
-  } else {
-    el.textContent = text || "";
-  }
+export function setStatus(node, kind, text) {
+  node.className = "status" + (kind ? " " + kind : "");
+  node.textContent = "";
+  if (kind === "error") node.append(el("strong", { text: "Error: " }), text);
+  else node.textContent = text || "";
 }
 
 export function statusOf(card) {
   return card.querySelector(".status");
 }
 
-/** Runs `work` with the button marked busy and any error shown in the card's status line. */
+/**
+ * Runs `work` with the button marked busy (aria-busy, a spinner) and any error shown in the status line.
+ * The button stays enabled so keyboard focus stays on it; a second press while busy is ignored.
+ */
 export async function withBusy(button, statusEl, work) {
-  button.disabled = true;
-  button.classList.add("busy");
+  if (button.getAttribute("aria-busy") === "true") return undefined;
+  button.setAttribute("aria-busy", "true");
   try {
     return await work();
   } catch (err) {
     if (!(err && err.name === "AbortError")) setStatus(statusEl, "error", describeError(err));
     return undefined;
   } finally {
-    button.disabled = false;
-    button.classList.remove("busy");
+    button.removeAttribute("aria-busy");
   }
+}
+
+/** Submit handler for a form whose submit button shows the busy state while `work` runs. */
+export function onSubmit(form, statusEl, work) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    withBusy(form.querySelector("button[type=submit]"), statusEl, work);
+  });
 }
 
 export function el(tag, attrs = {}, ...children) {
@@ -149,25 +178,6 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-export function formatMs(ms) {
-  if (ms === undefined || ms === null || Number.isNaN(ms)) return "";
-  const total = Math.max(0, Math.round(ms / 100)) / 10;
-  const m = Math.floor(total / 60);
-  const s = (total - m * 60).toFixed(1).padStart(4, "0");
-  return `${m}:${s}`;
-}
-
-export function formatMinutes(n) {
-  if (typeof n !== "number") return "–";
-  return n.toLocaleString(undefined, { maximumFractionDigits: 2 });
-}
-
-export function formatDate(iso) {
-  if (!iso) return "";
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
-}
-
 /** Saves a Blob as a file through a temporary link (the key never goes into a URL). */
 export function saveBlob(blob, filename) {
   const url = URL.createObjectURL(blob);
@@ -178,8 +188,11 @@ export function saveBlob(blob, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 30_000);
 }
 
-export function filenameFrom(resp, fallback) {
-  const cd = resp.headers.get("content-disposition") || "";
-  const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(cd);
+export function filenameFrom(header, fallback) {
+  const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(header || "");
   return m ? decodeURIComponent(m[1]) : fallback;
+}
+
+export function announceMinutesChanged() {
+  document.dispatchEvent(new CustomEvent("minutes-changed"));
 }

@@ -1,65 +1,54 @@
-// Entry point: the API key bar, the Demo/Admin tabs (from the URL hash) and the account card; each other card
-// lives in its own module.
+// Entry point: the API key bar, the Demo/Admin tabs (from the URL hash), and the capabilities of the key in
+// use handed to every card, so that each offers only what this key can do here.
 
-import { checkSession, initAdmin } from "./admin.js";
-import { el, formatMinutes, getKey, requestJson, setKey, setStatus, statusOf, withBusy } from "./api.js";
-import { initRealtime } from "./realtime.js";
-import { initStt } from "./stt.js";
-import { initSubtitle } from "./subtitle.js";
-import { initTts, loadHistory, setVoices } from "./tts.js";
+import { capabilities, clearCapabilities, loadCapabilities, onCapabilities } from "./account.js";
+import { checkSession, initAdmin, setAdminKeyAvailable } from "./admin.js";
+import { describeError, getKey, setKey, setStatus, statusOf, withBusy } from "./api.js";
+import { forgetAll, renderHistory } from "./history.js";
+import * as realtime from "./realtime.js";
+import * as stt from "./stt.js";
+import * as subtitle from "./subtitle.js";
+import * as tts from "./tts.js";
 
 const accountCard = document.getElementById("card-account");
+const accountStatus = statusOf(accountCard);
 const keyInput = document.getElementById("api-key");
-const keyHint = document.getElementById("key-hint");
+const adminTab = document.getElementById("tab-admin");
 
-function pill(ok, yes = "ready", no = "not configured") {
-  return el("span", { class: ok ? "pill ok" : "pill off", text: ok ? yes : no });
+/** The Admin tab is offered to admin keys (and stays while an admin session is open or #admin is asked for). */
+function syncAdminTab(caps) {
+  const admin = Boolean(caps && caps.isAdmin);
+  adminTab.hidden = !(admin || location.hash === "#admin");
+  setAdminKeyAvailable(admin);
 }
 
-function engineLine(part) {
-  if (!part) return "";
-  if (part.error) return part.error;
-  return [part.engine, part.model].filter(Boolean).join(" · ") + (part.device ? ` on ${part.device}` : "");
-}
-
-function renderCapabilities(caps) {
-  document.getElementById("minutes-remaining").textContent = formatMinutes(caps.minutesRemaining);
-  const dl = document.getElementById("caps");
-  const rows = [];
-  const add = (label, ...value) => rows.push(el("dt", { text: label }), el("dd", {}, ...value));
-  add("Speech to text", pill(caps.stt?.configured), " ", engineLine(caps.stt));
-  add("Text to speech", pill(caps.tts?.configured), " ", engineLine(caps.tts));
-  add("Diarization", pill(caps.diarization?.configured, "ready", "unavailable"), " ", engineLine(caps.diarization));
-  const pairs = (caps.translation?.pairs || []).map((p) => `${p[0]}→${p[1]}`);
-  add("Translation", pairs.length ? pairs.join(", ") : "any language → English (Whisper)");
-  if (caps.stt?.models?.length) add("Whisper models", caps.stt.models.join(", "));
-  add("Role", caps.isAdmin ? el("span", { class: "pill accent", text: "admin" }) : "user");
-  dl.replaceChildren(...rows);
-  setVoices(caps.tts?.voices, caps.tts?.model);
-  document.getElementById("foot-device").textContent = caps.stt?.device ? `Running on ${caps.stt.device}.` : "";
-}
-
-async function loadCapabilities() {
-  renderCapabilities(await requestJson("/account/capabilities"));
-}
-
-/** Refreshes what depends on the key; errors land in the account card (bad key) or the TTS card. */
+/** Reloads what depends on the key; a bad key shows in the account card and leaves the cards empty. */
 async function refreshAll() {
-  const status = statusOf(accountCard);
-  if (!getKey()) {
-    keyHint.hidden = false;
-    document.getElementById("minutes-remaining").textContent = "–";
-    document.getElementById("caps").replaceChildren();
-    setStatus(status, "", "No API key yet.");
+  renderHistory();
+  const key = getKey();
+  if (!key) {
+    clearCapabilities();
+    setStatus(accountStatus, "", "No API key yet: enter one at the top of the page.");
     return;
   }
-  keyHint.hidden = true;
-  const ok = await withBusy(document.getElementById("caps-refresh"), status, async () => {
-    await loadCapabilities();
-    setStatus(status, "", "");
-    return true;
-  });
-  if (ok) await withBusy(document.getElementById("speeches-refresh"), statusOf(document.getElementById("card-tts")), loadHistory);
+  const button = document.getElementById("caps-refresh");
+  button.setAttribute("aria-busy", "true");
+  let caps;
+  try {
+    caps = await loadCapabilities();
+    setStatus(accountStatus, "", "");
+  } catch (err) {
+    if (key === getKey()) {
+      clearCapabilities();
+      setStatus(accountStatus, "error", describeError(err));
+    }
+    return;
+  } finally {
+    button.removeAttribute("aria-busy");
+  }
+  if (caps.tts && caps.tts.configured && key === getKey()) {
+    await withBusy(document.getElementById("speeches-refresh"), statusOf(document.getElementById("tts-form")), tts.loadHistory);
+  }
 }
 
 function initKeyBar() {
@@ -67,12 +56,14 @@ function initKeyBar() {
   document.getElementById("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
     setKey(keyInput.value.trim());
+    tts.clearHistory();
     refreshAll();
   });
   document.getElementById("key-clear").addEventListener("click", () => {
+    forgetAll(); // this key's local results go with it
     keyInput.value = "";
     setKey("");
-    document.getElementById("speeches").replaceChildren();
+    tts.clearHistory();
     refreshAll();
   });
 }
@@ -86,14 +77,22 @@ function showView() {
     if (v === view) tab.setAttribute("aria-current", "page");
     else tab.removeAttribute("aria-current");
   }
+  syncAdminTab(capabilities());
   if (view === "admin") checkSession();
 }
 
+onCapabilities((caps) => {
+  tts.setCapabilities(caps);
+  stt.setCapabilities(caps);
+  subtitle.setCapabilities(caps);
+  realtime.setCapabilities(caps);
+  syncAdminTab(caps);
+});
 initKeyBar();
-initTts();
-initStt();
-initSubtitle();
-initRealtime();
+tts.initTts();
+stt.initStt();
+subtitle.initSubtitle();
+realtime.initRealtime();
 initAdmin();
 document.getElementById("caps-refresh").addEventListener("click", refreshAll);
 // Minutes change after every billed call: keep the account card current without a manual refresh.

@@ -1,43 +1,46 @@
 // The live transcription card: microphone -> AudioWorklet (16 kHz s16le, 100 ms frames) -> WS /stt/realtime.
-// Final tokens are appended once; non-final tokens are re-sent with every update, so they replace the greyed
-// partial text. With language A and B both set the server adds two-way translation panes.
+// The key travels in the first (config) message, never in the URL. Final tokens are appended once and joined
+// into sentences (live-text.js); non-final tokens replace the greyed partial text. With a two-way pair chosen
+// the server adds translation panes. One button starts and stops, so keyboard focus never gets lost.
 
-import { describeError, getKey, setStatus, statusOf } from "./api.js";
+import { capabilities, fillModelSelect, isMultilingual, languageName, loadCapabilities, twoWayPairs } from "./account.js";
+import { describeError, el, getKey, setStatus, statusOf } from "./api.js";
+import { exportButtons } from "./exports.js";
+import { formatMinutes, formatSeconds } from "./format.js";
+import { LiveTranscript } from "./live-text.js";
 
-export const LANGUAGES = [
-  ["", "None"], ["en", "English"], ["de", "German"], ["sl", "Slovenian"], ["sr", "Serbian"], ["hr", "Croatian"],
-  ["fr", "French"], ["es", "Spanish"], ["it", "Italian"], ["zh", "Chinese"],
-];
-const LANGUAGE_NAMES = Object.fromEntries(LANGUAGES);
 const TARGET_RATE = 16000;
 const FRAME_SAMPLES = 1600; // 100 ms: small enough for low latency, large enough to keep message rate sane
 const FINISH_TIMEOUT_MS = 20000;
 
 const card = document.getElementById("card-realtime");
+const controls = card.querySelector(".rt-controls");
 const status = statusOf(card);
-const startBtn = document.getElementById("rt-start");
-const stopBtn = document.getElementById("rt-stop");
-const langA = document.getElementById("rt-lang-a");
-const langB = document.getElementById("rt-lang-b");
+const toggle = document.getElementById("rt-toggle");
+const modelSelect = document.getElementById("rt-model");
+const pairSelect = document.getElementById("rt-two-way");
 const diarize = document.getElementById("rt-diarize");
-const live = document.getElementById("rt-transcript");
-const finalEl = live.querySelector(".final");
-const partialEl = live.querySelector(".partial");
 const panes = document.getElementById("rt-translation");
 const meter = document.querySelector("#rt-level span");
+const exportRow = card.querySelector(".export");
+const costLine = document.getElementById("rt-cost");
+const transcript = new LiveTranscript(document.getElementById("rt-transcript"), document.getElementById("rt-announce"));
 
-/** The first WebSocket message: the session's configuration, in the server's field names. */
-export function realtimeConfig(a, b, diarization) {
+/** The first WebSocket message: the session's configuration in the server's field names, with the key. */
+export function realtimeConfig({ apiKey, model, pair, diarization }) {
+  const [a, b] = pair || [];
   const config = {
+    apiKey,
     audio_format: "pcm_s16le",
     sample_rate: TARGET_RATE,
     num_channels: 1,
-    language_hints: [...new Set([a, b].filter(Boolean))],
     enable_endpoint_detection: true,
     enable_speaker_diarization: diarization,
     enable_language_identification: Boolean(a && b),
   };
+  if (model) config.model = model;
   if (a && b) {
+    config.language_hints = [a, b];
     config.languageA = a;
     config.languageB = b;
   }
@@ -46,49 +49,14 @@ export function realtimeConfig(a, b, diarization) {
 
 let session = null;
 
-function resetOutput() {
-  finalEl.replaceChildren();
-  partialEl.textContent = "";
-  for (const id of ["rt-pane-a", "rt-pane-b"]) {
-    const pane = document.getElementById(id);
-    pane.querySelector(".final").textContent = "";
-    pane.querySelector(".partial").textContent = "";
-  }
-}
-
-function atLineStart() {
-  const text = finalEl.textContent;
-  return text === "" || text.endsWith("\n");
-}
-
-function appendFinal(token, s) {
-  if (s.diarization && token.speaker !== undefined && token.speaker !== null && token.speaker !== s.lastSpeaker) {
-    if (!atLineStart()) finalEl.append("\n");
-    const span = document.createElement("span");
-    span.className = "spk";
-    span.textContent = `Speaker ${token.speaker}: `;
-    finalEl.append(span);
-    s.lastSpeaker = token.speaker;
-  }
-  const text = atLineStart() || finalEl.lastChild?.className === "spk" ? token.text.trimStart() : token.text;
-  if (text) finalEl.append(text);
-}
-
-function applyTokens(tokens, s) {
-  let partial = "";
-  for (const t of tokens) {
-    if (typeof t.text !== "string") continue;
-    if (t.text === "<end>") {
-      // An endpoint: the speaker paused, so the next final words start a new line.
-      if (t.is_final && !atLineStart()) finalEl.append("\n");
-      continue;
-    }
-    if (/^<[a-z_]+>$/.test(t.text)) continue; // other control markers are not words
-    if (t.is_final) appendFinal(t, s);
-    else partial += t.text;
-  }
-  partialEl.textContent = atLineStart() ? partial.trimStart() : partial;
-  live.scrollTop = live.scrollHeight;
+function setRunning(state) {
+  // state: "idle" | "starting" | "listening" | "finishing"
+  toggle.textContent = state === "idle" ? "Start microphone" : "Stop";
+  toggle.classList.toggle("primary", state === "idle");
+  toggle.classList.toggle("danger", state !== "idle");
+  if (state === "starting" || state === "finishing") toggle.setAttribute("aria-busy", "true");
+  else toggle.removeAttribute("aria-busy");
+  for (const input of [modelSelect, pairSelect, diarize]) input.disabled = state !== "idle";
 }
 
 function applyTranslation(msg) {
@@ -96,7 +64,8 @@ function applyTranslation(msg) {
     const data = msg[side];
     if (!data || typeof data !== "object") continue;
     const pane = document.getElementById(id);
-    pane.querySelector("h3").textContent = LANGUAGE_NAMES[data.code] || data.code || side;
+    pane.querySelector("h3").textContent = languageName(data.code);
+    pane.setAttribute("aria-label", languageName(data.code));
     pane.querySelector(".final").textContent = data.finalText || "";
     pane.querySelector(".partial").textContent = data.nonFinalText ? " " + data.nonFinalText : "";
   }
@@ -115,12 +84,13 @@ function onMessage(event, s) {
     setStatus(status, "error", `${msg.error_message || "The server reported an error"} (code ${msg.error_code})`);
     return;
   }
-  if (Array.isArray(msg.tokens)) applyTokens(msg.tokens, s);
+  if (Array.isArray(msg.tokens)) transcript.apply(msg.tokens, s.diarization);
+  if (typeof msg.total_audio_proc_ms === "number") s.audioMs = msg.total_audio_proc_ms;
   // The translation summary may come inside a token message or on its own.
   if (msg.type === "two_way_transcription" || (msg.languageA && typeof msg.languageA === "object")) applyTranslation(msg);
+  exportRow.hidden = !transcript.hasText();
   if (msg.finished) {
     s.finished = true;
-    if (!s.failed) setStatus(status, "ok", "Finished.");
     s.ws.close(1000);
   }
 }
@@ -136,25 +106,38 @@ function stopAudio(s) {
   meter.style.width = "0";
 }
 
+/** After the session: the new balance, and what this session cost by it. */
+async function reportCost(s) {
+  const before = s.minutesBefore;
+  let after;
+  try {
+    after = (await loadCapabilities()).minutesRemaining; // also updates the account card
+  } catch {
+    return; // the account card shows why
+  }
+  if (typeof before !== "number" || typeof after !== "number" || !s.audioMs) return;
+  const billed = Math.max(0, before - after);
+  costLine.textContent = `Cost: ${formatMinutes(billed)} min for ${formatSeconds(s.audioMs)} of streamed audio (rounded up to the next 0.5 minute).`;
+}
+
 function ended(s, event) {
   stopAudio(s);
   clearTimeout(s.finishTimer);
   if (session === s) session = null;
-  startBtn.disabled = false;
-  stopBtn.disabled = true;
-  langA.disabled = langB.disabled = diarize.disabled = false;
-  if (!s.finished && !s.failed) {
+  setRunning("idle");
+  if (s.finished && !s.failed) setStatus(status, "ok", transcript.hasText() ? "Finished. Copy or download the transcript below." : "Finished: no speech was heard.");
+  else if (!s.failed) {
     const why = event && event.reason ? `: ${event.reason}` : "";
     const code = event ? ` (code ${event.code})` : "";
     setStatus(status, "error", s.opened ? `The connection closed before the transcript was finished${why}${code}.` : `Could not connect to the realtime endpoint${why}${code}.`);
   }
+  if (s.opened) reportCost(s);
 }
 
 function openSocket(s) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const url = `${scheme}://${location.host}/stt/realtime?apiKey=${encodeURIComponent(getKey())}`;
   return new Promise((resolve) => {
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(`${scheme}://${location.host}/stt/realtime`);
     ws.binaryType = "arraybuffer";
     s.ws = ws;
     ws.addEventListener("open", () => {
@@ -170,19 +153,19 @@ function openSocket(s) {
 }
 
 async function start() {
-  if (session) return;
   if (!getKey()) {
     setStatus(status, "error", "Enter your API key at the top of the page first.");
     return;
   }
-  const a = langA.value;
-  const b = langB.value;
-  const s = { diarization: diarize.checked, lastSpeaker: undefined, finished: false, failed: false, opened: false };
+  const pair = pairSelect.value ? pairSelect.value.split("|") : null;
+  const s = { diarization: diarize.checked && !diarize.closest("label").hidden, finished: false, failed: false, opened: false, audioMs: 0 };
+  s.minutesBefore = capabilities()?.minutesRemaining;
   session = s;
-  resetOutput();
-  panes.hidden = !(a && b);
-  startBtn.disabled = true;
-  langA.disabled = langB.disabled = diarize.disabled = true;
+  transcript.reset();
+  costLine.textContent = "";
+  exportRow.hidden = true;
+  panes.hidden = !pair;
+  setRunning("starting");
   try {
     setStatus(status, "busy", "Starting the microphone…");
     // The microphone first: a refused permission should not cost a server session.
@@ -193,7 +176,7 @@ async function start() {
     await s.ctx.audioWorklet.addModule("/static/pcm-worklet.js");
     setStatus(status, "busy", "Connecting…");
     if (!(await openSocket(s))) return; // `ended` has reported why
-    s.ws.send(JSON.stringify(realtimeConfig(a, b, s.diarization)));
+    s.ws.send(JSON.stringify(realtimeConfig({ apiKey: getKey(), model: modelSelect.value, pair, diarization: s.diarization })));
     s.node = new AudioWorkletNode(s.ctx, "pcm-s16le", {
       processorOptions: { targetRate: TARGET_RATE, frameSamples: FRAME_SAMPLES },
     });
@@ -203,8 +186,10 @@ async function start() {
     };
     s.ctx.createMediaStreamSource(s.stream).connect(s.node);
     s.node.connect(s.ctx.destination); // outputs silence; keeps the node in the rendering graph
-    stopBtn.disabled = false;
-    setStatus(status, "busy", "Listening… speak now.");
+    if (session === s) {
+      setRunning("listening");
+      setStatus(status, "busy", "Listening: speak now, press Stop when you are done.");
+    }
   } catch (err) {
     s.failed = true;
     setStatus(status, "error", describeError(err));
@@ -215,32 +200,55 @@ async function start() {
 
 function stop() {
   const s = session;
-  if (!s) return;
-  stopBtn.disabled = true;
+  if (!s || !s.ws || s.ws.readyState !== WebSocket.OPEN) return;
+  setRunning("finishing");
   stopAudio(s);
-  if (s.ws && s.ws.readyState === WebSocket.OPEN) {
-    setStatus(status, "busy", "Finishing the transcript…");
-    s.ws.send(new ArrayBuffer(0)); // an empty frame asks the server to finalize and close
-    s.finishTimer = setTimeout(() => {
-      if (!s.finished) {
-        s.failed = true;
-        setStatus(status, "error", "The server did not finish the transcript in time.");
-      }
-      s.ws.close();
-    }, FINISH_TIMEOUT_MS);
-  }
+  setStatus(status, "busy", "Finishing the transcript…");
+  s.ws.send(new ArrayBuffer(0)); // an empty frame asks the server to finalize and close
+  s.finishTimer = setTimeout(() => {
+    if (!s.finished) {
+      s.failed = true;
+      setStatus(status, "error", "The server did not finish the transcript in time.");
+    }
+    s.ws.close();
+  }, FINISH_TIMEOUT_MS);
+}
+
+function syncTwoWay() {
+  const caps = capabilities();
+  const ct2 = (caps && caps.translation && caps.translation.pairs) || [];
+  const multilingual = isMultilingual(caps, modelSelect.value);
+  const pairs = twoWayPairs(ct2, multilingual);
+  const keep = pairSelect.value;
+  pairSelect.replaceChildren(
+    el("option", { value: "", text: "Off: transcription only" }),
+    ...pairs.map(([a, b]) => el("option", { value: `${a}|${b}`, text: `${languageName(a)} ↔ ${languageName(b)}` })),
+  );
+  if ([...pairSelect.options].some((o) => o.value === keep)) pairSelect.value = keep;
+  pairSelect.closest(".field").hidden = !pairs.length;
+  const installed = ct2.length ? ct2.map(([x, y]) => `${x}→${y}`).join(", ") : "none";
+  document.getElementById("rt-two-way-note").textContent = !multilingual && modelSelect.value
+    ? `Two-way translation needs a multilingual model; ${modelSelect.value} is English-only.`
+    : pairs.length ? "" : `Two-way translation is not available here: it needs a translation model for each direction that is not into English (Whisper translates into English itself). Installed: ${installed}.`;
+}
+
+export function setCapabilities(caps) {
+  const usable = Boolean(caps && caps.stt && caps.stt.choices && caps.stt.choices.length);
+  card.querySelector(".notice").hidden = !caps || usable;
+  controls.hidden = Boolean(caps) && !usable;
+  fillModelSelect(modelSelect, caps);
+  diarize.closest("label").hidden = !(caps && caps.diarization && caps.diarization.configured);
+  syncTwoWay();
 }
 
 export function initRealtime() {
-  for (const select of [langA, langB]) {
-    for (const [code, name] of LANGUAGES) {
-      const option = document.createElement("option");
-      option.value = code;
-      option.textContent = name;
-      select.append(option);
-    }
-  }
-  startBtn.addEventListener("click", start);
-  stopBtn.addEventListener("click", stop);
+  toggle.addEventListener("click", () => (session ? stop() : start()));
+  modelSelect.addEventListener("change", syncTwoWay);
+  exportButtons(exportRow, () => ({
+    name: "live-transcript",
+    text: transcript.text(),
+    segments: transcript.segments,
+    json: { segments: transcript.segments.map(({ speaker, text, startMs, endMs }) => ({ speaker, text: text.trim(), startMs, endMs })) },
+  }));
   window.addEventListener("pagehide", () => session && stop());
 }

@@ -2,7 +2,8 @@
 // MediaSource where the browser can decode 'audio/mpeg' that way, and from a Blob after the end otherwise.
 // Below it, the history from GET /speeches with play and download buttons.
 
-import { el, formatDate, request, requestJson, saveBlob, setStatus, statusOf, withBusy } from "./api.js";
+import { announceMinutesChanged, el, onSubmit, request, requestJson, saveBlob, setStatus, statusOf, withBusy } from "./api.js";
+import { costText, formatDate, formatSeconds } from "./format.js";
 
 const card = document.getElementById("card-tts");
 const form = document.getElementById("tts-form");
@@ -10,7 +11,7 @@ const audio = document.getElementById("tts-audio");
 const list = document.getElementById("speeches");
 const speed = document.getElementById("tts-speed");
 const speedOut = document.getElementById("tts-speed-out");
-const status = statusOf(card);
+const status = statusOf(form);
 
 let currentUrl = null;
 
@@ -61,25 +62,25 @@ export async function playStreaming(response) {
   return new Blob(chunks, { type: "audio/mpeg" });
 }
 
-async function speak(event) {
-  event.preventDefault();
-  const button = form.querySelector("button[type=submit]");
-  await withBusy(button, status, async () => {
-    const body = { text: form.elements.text.value.trim() };
-    if (!body.text) throw new Error("Type some text to speak.");
-    const voice = form.elements.voice.value;
-    if (voice) body.voice = voice;
-    const sp = parseFloat(speed.value);
-    if (sp !== 1) body.speed = sp;
-    setStatus(status, "busy", "Synthesizing…");
+async function speak() {
+  const body = { text: form.elements.text.value.trim() };
+  if (!body.text) throw new Error("Type some text to speak.");
+  const voice = form.elements.voice.value;
+  if (voice) body.voice = voice;
+  const sp = parseFloat(speed.value);
+  if (sp !== 1) body.speed = sp;
+  setStatus(status, "busy", "Synthesizing…");
+  try {
     const resp = await request("/tts", { method: "POST", json: body });
     const id = resp.headers.get("X-Speech-Id");
-    setStatus(status, "busy", "Playing as it streams…");
-    const blob = await playStreaming(resp);
-    setStatus(status, "ok", `Done: ${(blob.size / 1024).toFixed(0)} KB of MP3${id ? ` (speech ${id})` : ""}.`);
-    document.dispatchEvent(new CustomEvent("minutes-changed"));
-    await loadHistory();
-  });
+    setStatus(status, "busy", "Playing while the rest is synthesized…");
+    await playStreaming(resp);
+    const speeches = await loadHistory();
+    const made = speeches.find((s) => s.id === id);
+    setStatus(status, "ok", made ? `Spoken. ${costText(made.minutesUsed, made.durationMs, "speech")}` : "Spoken.");
+  } finally {
+    announceMinutesChanged();
+  }
 }
 
 async function fetchSpeechBlob(speech) {
@@ -88,9 +89,15 @@ async function fetchSpeechBlob(speech) {
   return resp.blob();
 }
 
+function shortText(speech) {
+  const t = (speech.text || speech.id).trim();
+  return t.length > 40 ? t.slice(0, 40) + "…" : t;
+}
+
 function historyItem(speech) {
-  const play = el("button", { type: "button", class: "btn small", text: "Play" });
-  const save = el("button", { type: "button", class: "btn small ghost", text: "Download" });
+  const what = `“${shortText(speech)}”`;
+  const play = el("button", { type: "button", class: "btn small", text: "Play", "aria-label": `Play ${what}` });
+  const save = el("button", { type: "button", class: "btn small ghost", text: "Download", "aria-label": `Download ${what} as MP3` });
   play.addEventListener("click", () =>
     withBusy(play, status, async () => {
       setSource(URL.createObjectURL(await fetchSpeechBlob(speech)));
@@ -100,35 +107,46 @@ function historyItem(speech) {
   save.addEventListener("click", () =>
     withBusy(save, status, async () => saveBlob(await fetchSpeechBlob(speech), `${speech.id}.mp3`)),
   );
-  const secs = typeof speech.durationMs === "number" ? ` · ${(speech.durationMs / 1000).toFixed(1)} s` : "";
+  const details = [formatDate(speech.createdAt)];
+  if (typeof speech.durationMs === "number") details.push(formatSeconds(speech.durationMs));
+  if (typeof speech.minutesUsed === "number") details.push(`${speech.minutesUsed} min`);
   return el(
     "li",
     { "data-id": speech.id },
     el("span", { class: "txt", title: speech.text || "", text: speech.text || speech.id }),
-    el("span", { class: "when", text: formatDate(speech.createdAt) + secs }),
-    play,
-    save,
+    el("span", { class: "when", text: details.join(" · ") }),
+    el("span", { class: "buttons" }, play, save),
   );
 }
 
+/** Reloads the list; resolves to the speeches shown (newest first). */
 export async function loadHistory() {
   const data = await requestJson("/speeches?limit=50");
   const speeches = Array.isArray(data.speeches) ? data.speeches : [];
   list.replaceChildren(...speeches.map(historyItem));
   if (!speeches.length) list.append(el("li", { class: "empty", text: "No speeches yet." }));
+  return speeches;
 }
 
-/** Fills the voice list from the capabilities (the account default stays first). */
-export function setVoices(voices, current) {
+export function clearHistory() {
+  list.replaceChildren();
+}
+
+/** Offers the installed voices when the key may use text-to-speech (the account's voice first). */
+export function setCapabilities(caps) {
+  const usable = Boolean(caps && caps.tts && caps.tts.configured);
+  card.querySelector(".notice").hidden = !caps || usable;
+  form.hidden = Boolean(caps) && !usable;
   const select = form.elements.voice;
   const keep = select.value;
-  select.replaceChildren(el("option", { value: "", text: current ? `Default (${current})` : "Default" }));
-  for (const v of voices || []) select.append(el("option", { value: v, text: v }));
+  const current = caps && caps.tts ? caps.tts.model : null;
+  select.replaceChildren(el("option", { value: "", text: current ? `${current} (default)` : "Default" }));
+  for (const v of (caps && caps.tts && caps.tts.voices) || []) if (v !== current) select.append(el("option", { value: v, text: v }));
   if ([...select.options].some((o) => o.value === keep)) select.value = keep;
 }
 
 export function initTts() {
-  form.addEventListener("submit", speak);
+  onSubmit(form, status, speak);
   speed.addEventListener("input", () => (speedOut.textContent = `${parseFloat(speed.value).toFixed(1)}×`));
   const refresh = document.getElementById("speeches-refresh");
   refresh.addEventListener("click", () => withBusy(refresh, status, loadHistory));
