@@ -57,6 +57,10 @@ class SttRequest:
     word_timestamps: bool = True
     terms: tuple[str, ...] = ()  # dictionary terms that steer decoding (hotwords / prompt)
     vad: bool = True
+    prompt: str = ""  # text that precedes the audio (Whisper's initial prompt): style, spellings, context
+    # Called on the request thread with each next run of segments, in timeline order, as soon as the chunks
+    # holding them are decoded (the final result still carries every segment). Streaming responses use it.
+    on_segments: Callable[[tuple[Segment, ...]], None] | None = None
 
 
 @dataclass(frozen=True)

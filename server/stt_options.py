@@ -28,6 +28,7 @@ class SttOptions:
     translation_terms: tuple[tuple[str, str], ...] = ()
     context: Mapping[str, Any] = field(default_factory=dict)
     word_timestamps: bool = False
+    prompt: str = ""  # Whisper's initial prompt (the OpenAI API's `prompt`): text the audio continues
 
     def to_json(self) -> str:
         return json.dumps(
@@ -36,7 +37,7 @@ class SttOptions:
                 "num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers,
                 "speaker_labels": {str(k): v for k, v in self.speaker_labels.items()}, "terms": list(self.terms),
                 "translation_terms": [list(p) for p in self.translation_terms], "context": dict(self.context),
-                "word_timestamps": self.word_timestamps,
+                "word_timestamps": self.word_timestamps, "prompt": self.prompt,
             }
         )
 
@@ -48,7 +49,7 @@ class SttOptions:
             num_speakers=d["num_speakers"], min_speakers=d["min_speakers"], max_speakers=d["max_speakers"],
             speaker_labels={int(k): v for k, v in d["speaker_labels"].items()}, terms=tuple(d["terms"]),
             translation_terms=tuple((a, b) for a, b in d["translation_terms"]), context=d["context"],
-            word_timestamps=d["word_timestamps"],
+            word_timestamps=d["word_timestamps"], prompt=d.get("prompt", ""),
         )
 
 

@@ -21,6 +21,7 @@ from engines.types import (
     DiarizationRequest,
     EngineError,
     ModelMissingError,
+    Segment,
     SttRequest,
     SttResult,
     Word,
@@ -33,6 +34,7 @@ from server.stt_options import SttOptions, speaker_label
 log = logging.getLogger("speech7.stt")
 
 Progress = Callable[[float], None]
+SegmentsFn = Callable[[tuple[Segment, ...]], None]  # see SttRequest.on_segments: called from a worker thread
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class TranscriptionService:
 
     async def transcribe_file(
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
-        progress: Progress | None = None, reservation_id: int | None = None,
+        progress: Progress | None = None, reservation_id: int | None = None, on_segments: SegmentsFn | None = None,
     ) -> Transcript:
         selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize)
         if reservation_id is None and account.minutes <= 0:
@@ -82,7 +84,7 @@ class TranscriptionService:
                 raise ApiError(500, "reservation_missing", "the job's minutes reservation is gone")
             reservation = found
         try:
-            transcript = await asyncio.to_thread(self._run, selection.model, audio, options, progress)
+            transcript = await asyncio.to_thread(self._run, selection.model, audio, options, progress, on_segments)
         except BaseException as exc:
             await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
             if isinstance(exc, ModelMissingError):
@@ -94,7 +96,10 @@ class TranscriptionService:
         self._state.metrics.add_audio(kind, duration)
         return replace(transcript, minutes_used=charged)
 
-    def _run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
+    def _run(
+        self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None,
+        on_segments: SegmentsFn | None = None,
+    ) -> Transcript:
         from engines.terms import correct_terms, correct_timed_words, translated_timed_words
 
         engine = self._state.models.stt(model)
@@ -110,7 +115,7 @@ class TranscriptionService:
         steer = options.terms + tuple(t for _, t in options.translation_terms) if translating else options.terms
         request = SttRequest(
             audio=audio, language_hints=options.language_hints, task=options.task,  # type: ignore[arg-type]
-            word_timestamps=True, terms=steer,
+            word_timestamps=True, terms=steer, prompt=options.prompt, on_segments=on_segments,
         )
         result = engine.transcribe(request, stt_progress)
         words_by_segment: list[list[Word]] = [list(s.words) for s in result.segments]
