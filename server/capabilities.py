@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from engines.manager import ModelManager
@@ -37,6 +38,14 @@ class Capabilities:
         if not sel.configured:
             raise ApiError(403, "stt_not_configured", "Speech-to-text is not configured for this account (sttApiKey is 'off')")
         return sel
+
+    def with_stt_model(self, account: Account, model: str | None) -> Account:
+        """The account with its STT engine pointed at an installed Whisper `model` for one request (the OpenAI
+        API's and Wyoming's `model`/`name`); same id, so the same minutes. None keeps the account's engine."""
+        if model is None:
+            return account
+        self.require_stt(account)  # an account whose STT is 'off' stays refused whatever it names
+        return replace(account, stt_engine=f"whisper:{model}")
 
     def require_stt_options(self, account: Account, *, diarize: bool) -> Selection:
         """require_stt, plus a diarizer when the request asks for speaker labels."""
