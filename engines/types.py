@@ -94,6 +94,10 @@ class SttRequest:
     # Speech spans (samples) found already, e.g. by the front end while decoding: the engine skips its VAD.
     speech: tuple[tuple[int, int], ...] | None = None
     group: object = None  # who the work is for: the batch queue shares the model fairly between groups
+    prompt: str = ""  # text that precedes the audio (Whisper's initial prompt): style, spellings, context
+    # Called on the request thread with each next run of segments, in timeline order, as soon as the chunks
+    # holding them are decoded (the final result still carries every segment). Streaming responses use it.
+    on_segments: Callable[[tuple[Segment, ...]], None] | None = None
 
 
 @dataclass(frozen=True)

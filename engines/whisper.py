@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +180,7 @@ class WhisperEngine:
         slot = None if known is not None else _LanguageSlot(self._usable_hints(request.language_hints))
         language = known[0] if known is not None else "auto"
         tok = self._tokenizer(request.task, known[0] if known is not None else "en")  # "en": a placeholder
-        prompt = self._prompt(tok, request.terms, None)
+        prompt = self._prompt(tok, request.terms, request.prompt or None)
         key = _batch_key(request.task, language, prompt)
         group = request.group if request.group is not None else object()
 
@@ -189,7 +189,18 @@ class WhisperEngine:
             feats, frames = self._features(chunks[i].read(source))
             return _Item(feats, frames, chunks[i].duration, prompt, request.task, language, slot, i == 0)
 
-        decoded = self._run_items(worker, key, make_item, len(chunks), PRIORITY_FILE, progress, group)
+        on_ready = None
+        if request.on_segments is not None:
+            notify = request.on_segments
+
+            def on_ready(i: int, d: _Decoded) -> None:
+                # The first chunk is decoded before any other is handed over, so its language is known here.
+                lang = "en" if request.task == "translate" else (known or _slot_language(slot))[0]
+                segs = _to_segments(chunks[i], d, lang, request.word_timestamps)
+                if segs:
+                    notify(tuple(segs))
+
+        decoded = self._run_items(worker, key, make_item, len(chunks), PRIORITY_FILE, progress, group, on_ready)
         language, prob = known if known is not None else _slot_language(slot)
         out_lang = "en" if request.task == "translate" else language
         segments = [
@@ -335,14 +346,15 @@ class WhisperEngine:
 
     def _run_items(
         self, worker: BatchWorker, key: Hashable, make_item: Any, n: int, priority: int, progress: ProgressFn | None,
-        group: object = None,
+        group: object = None, on_ready: Callable[[int, _Decoded], None] | None = None,
     ) -> list[_Decoded]:
         """Feeds `n` items to the worker, keeping at most two batches' worth of this request in the queue:
-        this bounds the memory of long files and lets concurrent requests interleave fairly."""
+        this bounds the memory of long files and lets concurrent requests interleave fairly. `on_ready` sees
+        each item's result in item order, as soon as it and every item before it are decoded."""
         limit = 2 * worker.max_batch_size
         results: list[_Decoded | None] = [None] * n
         pending: dict[Future, int] = {}
-        submitted = done = 0
+        submitted = done = emitted = 0
         try:
             while done < n:
                 while submitted < n and len(pending) < limit:
@@ -352,6 +364,9 @@ class WhisperEngine:
                 for fut in finished:
                     results[pending.pop(fut)] = fut.result()
                     done += 1
+                while on_ready is not None and emitted < n and (ready := results[emitted]) is not None:
+                    on_ready(emitted, ready)
+                    emitted += 1
                 if progress:
                     progress(done / n)
         finally:

@@ -1,8 +1,10 @@
-"""`speech7` command: `speech7 serve` runs the server (what scripts/serve ends with), `speech7 models ...`
-manages models. The environment is read here, once."""
+"""`speech7` command: `speech7 serve` runs the server (what scripts/serve ends with), `speech7 wyoming --uri
+tcp://0.0.0.0:10300` runs the same server with the Wyoming protocol beside HTTP (S7_WYOMING_URI), `speech7
+models ...` manages models. The environment is read here, once."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from server.settings import Settings
 
+USAGE = "usage: speech7 [serve | wyoming --uri URI | models ...]"
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -19,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.__main__ import main as models_main
 
         return models_main(args[1:])
-    if args and args[0] not in {"serve"}:
-        print("usage: speech7 [serve | models ...]", file=sys.stderr)
+    if args and args[0] not in {"serve", "wyoming"}:
+        print(USAGE, file=sys.stderr)
         return 2
     # Air-gapped by construction: no hub downloads, no telemetry, whatever the caller's environment says.
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -33,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.app import create_app
 
+    if args and args[0] == "wyoming":
+        parser = argparse.ArgumentParser(
+            prog="speech7 wyoming", description="Serve HTTP and the Wyoming protocol from one process "
+            "(the same as S7_WYOMING_URI=URI speech7 serve); S7_WYOMING_API_KEY names the account billed.",
+        )
+        parser.add_argument("--uri", default=settings.wyoming_uri or "tcp://0.0.0.0:10300",
+                            help="tcp://HOST:PORT or unix://PATH (default: tcp://0.0.0.0:10300)")
+        settings = settings.with_(wyoming_uri=parser.parse_args(args[1:]).uri)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, ws="websockets")

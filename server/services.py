@@ -34,6 +34,15 @@ def build_services(state: Any) -> Services:
     from server.tts_service import TtsService
 
     state.tts = TtsService(state)
+    if state.settings.wyoming_uri:  # first: its start can refuse (no key), before any worker has started
+        from server.wyoming.handler import WyomingContext
+        from server.wyoming.service import WyomingService
+
+        context = WyomingContext(
+            state.settings, state.accounts, state.capabilities, state.catalog, state.transcription, state.tts,
+            state.settings.wyoming_api_key,
+        )
+        services.add(WyomingService(state.settings.wyoming_uri, context))
     from server.subtitle_jobs import SubtitleJobs
 
     state.subtitle_jobs = SubtitleJobs(state)

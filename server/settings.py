@@ -63,6 +63,11 @@ class Settings:
     warmup: bool = True
     log_level: str = "info"
     session_secret: str = ""  # empty: random per process (admin web sessions end on restart)
+    # Wyoming (Home Assistant's voice protocol), served by this process beside HTTP when a URI is set, e.g.
+    # tcp://0.0.0.0:10300. The protocol carries no credentials, so every Wyoming request is billed to the
+    # account whose API key is wyoming_api_key; the server refuses to start with a URI and no valid key.
+    wyoming_uri: str = ""
+    wyoming_api_key: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -30,6 +30,7 @@ class SttOptions:
     context: Mapping[str, Any] = field(default_factory=dict)
     word_timestamps: bool = False
     model: str | None = None  # an installed Whisper model chosen per request; None: the account's engine
+    prompt: str = ""  # Whisper's initial prompt (the OpenAI API's `prompt`): text the audio continues
 
     def to_json(self) -> str:
         return json.dumps(
@@ -39,7 +40,7 @@ class SttOptions:
                 "num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers,
                 "speaker_labels": {str(k): v for k, v in self.speaker_labels.items()}, "terms": list(self.terms),
                 "translation_terms": [list(p) for p in self.translation_terms], "context": dict(self.context),
-                "word_timestamps": self.word_timestamps, "model": self.model,
+                "word_timestamps": self.word_timestamps, "model": self.model, "prompt": self.prompt,
             }
         )
 
@@ -51,7 +52,8 @@ class SttOptions:
             num_speakers=d["num_speakers"], min_speakers=d["min_speakers"], max_speakers=d["max_speakers"],
             speaker_labels={int(k): v for k, v in d["speaker_labels"].items()}, terms=tuple(d["terms"]),
             translation_terms=tuple((a, b) for a, b in d["translation_terms"]), context=d["context"],
-            word_timestamps=d["word_timestamps"], model=d.get("model"),  # jobs stored before `model` existed
+            # Jobs stored before `model` and `prompt` existed lack them.
+            word_timestamps=d["word_timestamps"], model=d.get("model"), prompt=d.get("prompt", ""),
         )
 
 

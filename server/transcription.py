@@ -22,6 +22,7 @@ from engines.types import (
     DiarizationRequest,
     EngineError,
     ModelMissingError,
+    Segment,
     SttRequest,
     SttResult,
     Word,
@@ -34,6 +35,7 @@ from server.stt_options import SttOptions, speaker_label
 log = logging.getLogger("speech7.stt")
 
 Progress = Callable[[float], None]
+SegmentsFn = Callable[[tuple[Segment, ...]], None]  # see SttRequest.on_segments: called from a worker thread
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class TranscriptionService:
 
     async def transcribe_file(
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
-        progress: Progress | None = None, reservation_id: int | None = None,
+        progress: Progress | None = None, reservation_id: int | None = None, on_segments: SegmentsFn | None = None,
     ) -> Transcript:
         """Decode, reserve exactly what the audio costs, run the engines, settle (or refund on failure).
 
@@ -131,7 +133,9 @@ class TranscriptionService:
                     progress(fraction)
 
             try:
-                transcript = await asyncio.to_thread(self._run, selection.model, prepared, options, report)
+                transcript = await asyncio.to_thread(
+                    self._run, selection.model, prepared, options, report, on_segments
+                )
             except BaseException as exc:
                 stop.set()
                 await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
@@ -146,7 +150,10 @@ class TranscriptionService:
         self._state.metrics.add_audio(kind, duration)
         return replace(transcript, minutes_used=charged)
 
-    def _run(self, model: str, audio: PreparedAudio, options: SttOptions, progress: Progress | None) -> Transcript:
+    def _run(
+        self, model: str, audio: PreparedAudio, options: SttOptions, progress: Progress | None,
+        on_segments: SegmentsFn | None = None,
+    ) -> Transcript:
         from engines.terms import correct_terms, correct_timed_words, translated_timed_words
 
         engine = self._state.models.stt(model)
@@ -163,7 +170,8 @@ class TranscriptionService:
         request = SttRequest(
             audio=audio, language_hints=options.language_hints, language=options.language,
             task=options.task,  # type: ignore[arg-type]
-            word_timestamps=True, terms=steer, speech=audio.speech, group=audio,
+            word_timestamps=True, terms=steer, speech=audio.speech, group=audio, prompt=options.prompt,
+            on_segments=on_segments,
         )
         result = engine.transcribe(request, stt_progress)
         words_by_segment: list[list[Word]] = [list(s.words) for s in result.segments]

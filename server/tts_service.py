@@ -13,13 +13,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from engines.audio_encoders import StreamEncoder
 from engines.types import EngineError, ModelMissingError, TtsRequest
 from server.accounts import Account
 from server.db import speeches
@@ -28,6 +29,8 @@ from server.minutes import MinutesPool, quantize_minutes
 from server.security import new_id
 
 log = logging.getLogger("speech7.tts")
+# Makes the client's encoder for the voice's sample rate (engines.audio_encoders.open_encoder); None: the MP3.
+EncoderFactory = Callable[[int], StreamEncoder]
 SPEECH_ID_RE = re.compile(r"^sp_[0-9a-f]{20}$")
 _END = object()
 
@@ -122,8 +125,16 @@ class SpeechJob:
         if not self._started and self.record is None:
             await self.svc.minutes.refund(self.reservation, note="client disconnected before the audio started")
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """Yields MP3 bytes per sentence; on normal completion stores the speech and settles."""
+    @property
+    def sample_rate(self) -> int:
+        """The voice's own rate: what raw PCM from `stream(encoder)` is at unless the encoder resamples."""
+        return int(self.engine.sample_rate)
+
+    async def stream(self, encoder: EncoderFactory | None = None) -> AsyncIterator[bytes]:
+        """Yields audio per sentence; on normal completion stores the speech and settles.
+
+        The stored speech is always the MP3; the client gets the same MP3 bytes, or with `encoder` the same
+        PCM encoded by the encoder that factory makes (the OpenAI API's and Wyoming's formats)."""
         from engines.mp3 import Mp3StreamEncoder
 
         self._started = True
@@ -138,16 +149,19 @@ class SpeechJob:
             nonlocal samples
             try:
                 enc = Mp3StreamEncoder(sample_rate)
+                client = encoder(sample_rate) if encoder is not None else None
+
+                def put(stored: bytes, sent: bytes | None) -> None:
+                    if stored or sent:  # (bytes for the file, bytes for the client)
+                        item = (stored, stored if sent is None else sent)
+                        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
                 for chunk in self.chunks:
                     if cancel.is_set():
                         return
                     samples += len(chunk.pcm)
-                    data = enc.encode(chunk.pcm)
-                    if data:
-                        asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
-                tail = enc.flush()
-                if tail:
-                    asyncio.run_coroutine_threadsafe(queue.put(tail), loop).result()
+                    put(enc.encode(chunk.pcm), client.encode(chunk.pcm) if client is not None else None)
+                put(enc.flush(), client.flush() if client is not None else None)
                 asyncio.run_coroutine_threadsafe(queue.put(_END), loop).result()
             except BaseException as exc:  # delivered to the consumer, which refunds
                 if not cancel.is_set():
@@ -168,9 +182,12 @@ class SpeechJob:
                         break
                     if isinstance(item, BaseException):
                         raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
-                    await asyncio.to_thread(fh.write, item)  # disk I/O stays off the event loop
-                    size += len(item)
-                    yield item
+                    stored, sent = item
+                    if stored:
+                        await asyncio.to_thread(fh.write, stored)  # disk I/O stays off the event loop
+                        size += len(stored)
+                    if sent:
+                        yield sent
             if samples == 0:
                 raise bad_request("text contains nothing speakable", code="invalid_text")
             duration = samples / sample_rate

@@ -53,8 +53,9 @@ class UploadedMedia:
 
 @dataclass
 class ParsedUpload:
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # a repeated field keeps its last value here
     media: UploadedMedia | None = None
+    repeated: dict[str, list[str]] = field(default_factory=dict)  # every value, in order (`name[]` lists)
 
     def discard(self) -> None:
         if self.media is not None:
@@ -139,7 +140,9 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
             if len(result.fields) >= MAX_FIELDS:
                 state["error"] = bad_request("too many form fields")
                 return
-            result.fields[state["name"]] = state["buf"].decode("utf-8", "replace")
+            value = state["buf"].decode("utf-8", "replace")
+            result.fields[state["name"]] = value
+            result.repeated.setdefault(state["name"], []).append(value)
 
     parser = python_multipart.MultipartParser(
         boundary,

@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute
 
 
 def build_routes() -> list[BaseRoute]:
+    from server.openai_api import build_routes as openai_routes
     from server.routes import (
         accounts,
         admin_session,
@@ -21,4 +22,4 @@ def build_routes() -> list[BaseRoute]:
     out: list[BaseRoute] = []
     for module in (accounts, admin_session, capabilities, stt, tts, speeches, subtitle, realtime, ui):
         out += module.routes
-    return out
+    return out + openai_routes()

@@ -9,7 +9,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.auth import read_json, require_account
 from server.errors import bad_request
-from server.tts_service import SpeechJob, TtsService, speech_json, validate_text
+from server.tts_service import EncoderFactory, SpeechJob, TtsService, speech_json, validate_text
 
 
 class SpeechStreamResponse(StreamingResponse):
@@ -20,8 +20,11 @@ class SpeechStreamResponse(StreamingResponse):
     stay taken). Closing it here, then releasing the job, makes "nothing stored, nothing charged" immediate.
     """
 
-    def __init__(self, job: SpeechJob, headers: dict[str, str]) -> None:
-        super().__init__(job.stream(), media_type="audio/mpeg", headers=headers)
+    def __init__(
+        self, job: SpeechJob, headers: dict[str, str], *, media_type: str = "audio/mpeg",
+        encoder: EncoderFactory | None = None,
+    ) -> None:
+        super().__init__(job.stream(encoder), media_type=media_type, headers=headers)
         self._job = job
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
