@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             print(cat.import_whisper(args.path, args.name or args.path.name))
         elif args.kind == "piper":
             print(cat.import_piper(args.path, args.name))
+        elif args.kind == "pyannote":
+            try:
+                print(cat.import_pyannote(args.path, args.name))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         elif args.kind == "argos":
             from engines.translation import import_argos_model
 
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             import shutil
 
-            dest = (cat.root / ("pyannote" if args.kind == "pyannote" else "translation") / (args.name or args.path.name))
+            dest = cat.root / "translation" / (args.name or args.path.name)
             shutil.copytree(args.path, dest, dirs_exist_ok=True)
             print(dest)
         return 0

@@ -123,6 +123,19 @@ class Catalog:
         _copy_tree_atomic(source, dest)
         return dest
 
+    def import_pyannote(self, source: Path, name: str | None = None) -> Path:
+        """Copy an operator's pyannote pipeline directory in (e.g. speaker-diarization-community-1 downloaded
+        on a connected machine): config.yaml plus every checkpoint it names as `$model/<path>`.
+
+        Checked before anything is copied, so a pipeline that would reach for the hub at load time (a model
+        named by repository id) or lacks a checkpoint is refused with the reason instead of failing later."""
+        problems = pyannote_config_problems(source)
+        if problems:
+            raise ValueError(f"{source} is not a self-contained pyannote pipeline: " + "; ".join(problems))
+        dest = self.pyannote_dir(name or source.name)
+        _copy_tree_atomic(source, dest)
+        return dest
+
     def import_piper(self, onnx: Path, name: str | None = None) -> Path:
         cfg = onnx.with_name(onnx.name + ".json")
         if not cfg.is_file():
@@ -133,6 +146,35 @@ class Catalog:
         _copy_file_atomic(onnx, dest_dir / f"{voice}.onnx")
         _copy_file_atomic(cfg, dest_dir / f"{voice}.onnx.json")
         return dest_dir / f"{voice}.onnx"
+
+
+# pyannote pipeline params that name a model (a checkpoint folder or file, or the PLDA folder).
+PYANNOTE_MODEL_PARAMS = ("segmentation", "embedding", "plda")
+
+
+def pyannote_config_problems(source: Path) -> list[str]:
+    """What keeps `source` from loading offline: no config.yaml, a model named by hub id rather than
+    `$model/<path>`, or a `$model/` path that is not there. Empty when it is self-contained."""
+    import yaml
+
+    config = source / "config.yaml"
+    if not config.is_file():
+        return [f"no config.yaml in {source}"]
+    try:
+        data = yaml.safe_load(config.read_text())
+        params = data["pipeline"]["params"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        return [f"config.yaml has no pipeline.params ({exc})"]
+    problems = []
+    for key in PYANNOTE_MODEL_PARAMS:
+        value = params.get(key) if isinstance(params, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.startswith("$model/"):
+            problems.append(f"{key}: {value!r} is not a $model/<path> inside the directory (offline it cannot load)")
+        elif not (source / value[len("$model/") :]).exists():
+            problems.append(f"{key}: {value} is missing")
+    return problems
 
 
 BUNDLED_WHISPER = ("base", "tiny.en")

@@ -1,8 +1,11 @@
 """Built-in diarizer: DER on real recordings against their RTTM, count hints, silence; clustering units.
 
-DER thresholds sit a few points above what the diarizer measured (scripts/bench_diarization.py, CPU,
-collar 0.25 s): sample 1.6 %, dev00 6.8 %, dev01 6.7 %. Only three 30 s clips exist to tune and test on,
-so these numbers are optimistic for meetings in general; they guard against regressions.
+Splits (issue 18): the diarizer's constants were chosen on `sample`, `dev00`, `dev01` (two speakers each);
+`trn00`-`trn09` (1-4 speakers, AMI meeting excerpts) were never used to choose anything and are held out.
+Their limits below sit a few points above what scripts/bench_diarization.py measured (CPU, collar 0.25 s,
+overlap scored, no count hint): they guard against regressions. The issue's targets (mean <= 20 %, no clip
+above 40 %) are NOT met by this pipeline; `test_issue_18_targets` records that as a strict xfail, so it
+turns into a failure (and must be promoted to a plain test) the day they are.
 """
 
 from __future__ import annotations
@@ -21,6 +24,20 @@ from engines.diarization.refine import labels_to_turns, viterbi
 
 MEASURED_DER = {"sample": 0.016, "dev00": 0.068, "dev01": 0.067}
 DER_LIMIT = {"sample": 0.06, "dev00": 0.11, "dev01": 0.11}
+# Held out (never tuned on): measured DER and estimated speaker count (reference count in the comment).
+HELD_OUT_MEASURED = {
+    "trn00": 0.203,  # 3 speakers, 2 found
+    "trn01": 1.415,  # 4 speakers in 5.8 s of mostly laughter: Silero finds none of it, 0.8 s of noise instead
+    "trn02": 1.000,  # 0.7 s of quiet speech in 30 s: Silero misses it
+    "trn03": 0.039,  # 2 (one of them for 1.2 s), 1 found
+    "trn04": 0.296,
+    "trn05": 0.026,  # 4, one of whom talks for 90 % of the time
+    "trn06": 0.352,
+    "trn07": 0.702,  # 68 % of the reference is laughter and murmur Silero (and pyannote segmentation-3.0) miss
+    "trn08": 0.456,
+    "trn09": 0.287,
+}
+HELD_OUT_MARGIN = 0.05
 
 
 # ---------------------------------------------------------------- pure units
@@ -63,6 +80,16 @@ def test_count_hints():
     assert cluster(one, SpeakerCountHint(num=5)).max() + 1 == 5
     assert spectral_labels(emb[:1]).tolist() == [0] and len(spectral_labels(emb[:0])) == 0
     assert SpeakerCountHint(num=9).bounds(3) == (3, 3) and SpeakerCountHint(min=4, max=2).bounds(10) == (2, 2)
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 8, 9])
+def test_a_few_windows_cluster_without_error(n):
+    """A few seconds of speech give 4-8 windows: the count search must stay below n (it indexed past the
+    Laplacian's eigenvalues before) and still split two clear voices."""
+    emb, truth = _voices([n // 2, n - n // 2], spread=0.1)
+    labels = spectral_labels(emb)
+    assert len(labels) == n and labels.max() + 1 <= n - 1
+    assert spectral_labels(emb, SpeakerCountHint(num=n)).tolist() == list(range(n))
 
 
 def test_silhouette_and_merge():
@@ -122,6 +149,45 @@ def _clip(testdata, name):
     return decode_file(d / f"{name}.wav"), [
         t for turns in read_rttm(d / f"{name}.rttm").values() for t in turns
     ]
+
+
+def _der(diarizer, testdata, name):
+    from engines.diarization.der import diarization_error_rate
+    from engines.types import SAMPLE_RATE, DiarizationRequest
+
+    audio, ref = _clip(testdata, name)
+    result = diarizer.diarize(DiarizationRequest(audio))
+    hyp = [(t.start, t.end, str(t.speaker)) for t in result.turns]
+    return diarization_error_rate(ref, hyp, collar=0.25, region=(0.0, len(audio) / SAMPLE_RATE)), result
+
+
+@pytest.fixture(scope="module")
+def held_out(diarizer, testdata):
+    """Every held-out clip diarized once for the tests below (no speaker-count hint)."""
+    return {name: _der(diarizer, testdata, name) for name in HELD_OUT_MEASURED}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HELD_OUT_MEASURED))
+def test_der_on_held_out_clips(held_out, name):
+    der, result = held_out[name]
+    limit = HELD_OUT_MEASURED[name] + HELD_OUT_MARGIN
+    assert der.der <= limit, f"{name}: {der} (measured {HELD_OUT_MEASURED[name]:.1%})"
+    assert sorted({t.speaker for t in result.turns}) == list(range(result.num_speakers))
+
+
+@pytest.mark.slow
+def test_mean_der_on_held_out_clips(held_out):
+    mean = sum(der.der for der, _ in held_out.values()) / len(held_out)
+    measured = sum(HELD_OUT_MEASURED.values()) / len(HELD_OUT_MEASURED)
+    assert mean <= measured + 0.02, f"mean DER {mean:.1%} (measured {measured:.1%})"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 18 targets not met yet: see docs/diarization.md")
+def test_issue_18_targets(held_out):
+    ders = [der.der for der, _ in held_out.values()]
+    assert sum(ders) / len(ders) <= 0.20 and max(ders) <= 0.40
 
 
 @pytest.mark.slow

@@ -29,3 +29,17 @@ def test_two_voices_two_labels(testdata, ge2e_weights):
               tracker.assign(lj[2])]
     assert labels[0] == labels[2] == labels[4] == 0
     assert len({labels[0], labels[1], labels[3]}) == 3
+
+
+@pytest.mark.slow
+def test_loudness_does_not_change_the_voice(testdata, ge2e_weights):
+    """The realtime labeller normalises loudness with the file diarizer's function: the same utterance at
+    -20 dB embeds (almost) identically, so a quiet talker keeps their label."""
+    from engines.audio import decode_file
+    from engines.diarization.ge2e import Ge2eEncoder
+
+    tracker = OnlineSpeakers(Ge2eEncoder(ge2e_weights))
+    audio = decode_file(testdata / "en" / "LJ001-0001.wav")
+    loud, quiet = tracker.embed(audio), tracker.embed(audio * 0.1)
+    assert float(loud @ quiet) > 0.999
+    assert tracker.assign(audio) == 0 and tracker.assign(audio * 0.05) == 0

@@ -155,6 +155,25 @@ def test_silence_and_missing_directory(diarizer, tmp_path):
         PyannoteDiarizer(tmp_path / "hub")
 
 
+def test_import_refuses_pipelines_that_would_need_the_hub(tmp_path, capsys):
+    """`scripts/models import pyannote DIR` copies only self-contained pipelines: a model named by hub id or a
+    checkpoint the config names but the folder lacks is refused with the reason, and nothing is installed."""
+    from models.__main__ import main as models_cli
+
+    models = tmp_path / "models"
+    hub = tmp_path / "speaker-diarization-3.1"
+    hub.mkdir()
+    (hub / "config.yaml").write_text(
+        "pipeline:\n  name: pyannote.audio.pipelines.SpeakerDiarization\n"
+        "  params:\n    segmentation: pyannote/segmentation-3.0\n    embedding: $model/embedding\n"
+    )
+    assert models_cli(["--models-dir", str(models), "import", "pyannote", str(hub)]) == 1
+    err = capsys.readouterr().err
+    assert "pyannote/segmentation-3.0" in err and "$model/embedding is missing" in err
+    assert models_cli(["--models-dir", str(models), "import", "pyannote", str(tmp_path / "absent")]) == 1
+    assert not (models / "pyannote").exists()
+
+
 @pytest.mark.slow
 async def test_server_selects_the_pyannote_pipeline(tmp_path, models_root, testdata):
     """`S7_DEFAULT_DIARIZER=pyannote:NAME` with the pipeline under models/pyannote/NAME: capabilities name it
@@ -169,7 +188,12 @@ async def test_server_selects_the_pyannote_pipeline(tmp_path, models_root, testd
     models.mkdir()
     for child in models_root.iterdir():  # the bundled models, shared read-only
         (models / child.name).symlink_to(child)
-    build_random_pipeline(models / "pyannote" / "random-community")
+    # The documented path: build (here: random weights) a community-1 style directory, import it.
+    from models.__main__ import main as models_cli
+
+    source = build_random_pipeline(tmp_path / "downloaded" / "speaker-diarization-random")
+    assert models_cli(["--models-dir", str(models), "import", "pyannote", str(source), "--name", "random-community"]) == 0
+    assert (models / "pyannote" / "random-community" / "segmentation" / "pytorch_model.bin").is_file()
     settings = Settings(
         warmup=False, data_dir=tmp_path / "data", admin_key=ADMIN_KEY, models_dir=models, default_diarizer="pyannote:random-community"
     )

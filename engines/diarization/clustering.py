@@ -161,10 +161,13 @@ def spectral_labels(
     if n < 4:
         labels = _kmeans(normalize_rows(emb), min(hi, n))
         return relabel_by_first_appearance(merge_similar(emb, labels, min_clusters=lo))
+    if lo >= n:  # as many speakers as embeddings: nothing left to cluster
+        return np.arange(n)
     centred = normalize_rows(emb - emb.mean(axis=0))
     # "One voice" is judged on up to 4 clusters even when a max hint is lower: three voices forced into
-    # two clusters score poorly, which must not read as one voice.
-    top = max(hi, min(4, n - 1)) if lo <= 1 else hi
+    # two clusters score poorly, which must not read as one voice. The eigengap after the k-th eigenvalue
+    # needs k < n, so a handful of windows (a few seconds of speech) caps the count at n - 1.
+    top = min(max(hi, min(4, n - 1)) if lo <= 1 else hi, n - 1)
     eigs = pruned_eigs(centred)
     options = {k: _kmeans(spectral_vectors(centred, k, eigs)[:, :k], k) for k in range(max(lo, 2), top + 1)}
     scores = {k: silhouette(emb, labels, exclude=overlap) for k, labels in options.items()}

@@ -2,6 +2,8 @@
 encoder and assigned to the nearest known speaker, or starts a new one when nothing is similar enough.
 
 Labels stay stable for the session because centroids only move by running means and are never re-clustered.
+Loudness is normalised exactly as the file diarizer does it (`ge2e.volume_gain`): GE2E reads a linear power
+spectrum, so without it the same voice, quieter, would drift away from its own centroid.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.diarization.ge2e import volume_gain
 from engines.types import SAMPLE_RATE
 
 # GE2E d-vectors of one speaker mostly score above ~0.75 cosine similarity, different speakers below.
@@ -41,7 +44,7 @@ class OnlineSpeakers:
         self._last = 0
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
-        mels = self._encoder.mel_frames(audio)
+        mels = self._encoder.mel_frames(audio, gain=volume_gain(audio))
         n = int(mels.shape[0])
         starts = np.arange(0, max(1, n - WINDOW_FRAMES + 1), STEP_FRAMES)
         emb = self._encoder.embed_windows(mels, starts, WINDOW_FRAMES).mean(axis=0)
