@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from server.launcher import running_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -42,20 +39,6 @@ class LiveServer:
     log: Path
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)  # readiness poll of a starting subprocess, not a timing assumption in a test
-    pytest.fail(f"server not healthy after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture(scope="module")
 def chromium_path() -> Path:
     if not CHROMIUM.is_file():
@@ -70,37 +53,17 @@ def chromium_path() -> Path:
 def live_server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, chromium_path: Path) -> Iterator[LiveServer]:
     data = tmp_path_factory.mktemp("server-data")
     log = data / "server.log"
-    port = free_port()
-    env = {
-        **os.environ,
-        "S7_PORT": str(port),
-        "S7_HOST": "127.0.0.1",
-        "S7_DATA_DIR": str(data),
-        "S7_ADMIN_KEY": ADMIN_KEY,
-        "S7_MODELS_DIR": str(models_root),
-        "HF_HUB_OFFLINE": "1",
-    }
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(url, proc, log)
+    env = {"S7_DATA_DIR": str(data), "S7_ADMIN_KEY": ADMIN_KEY, "S7_MODELS_DIR": str(models_root), "HF_HUB_OFFLINE": "1"}
+    with running_process(env, log=log, timeout_s=SERVER_START_TIMEOUT_S) as server:
         r = httpx.post(
-            f"{url}/accounts", headers={"x-api-key": ADMIN_KEY}, timeout=30,
+            f"{server.url}/accounts", headers={"x-api-key": ADMIN_KEY}, timeout=30,
             json={
                 "startingMinutes": 30, "companyName": "Browser Co", "contactName": "Tess Tester",
                 "sttApiKey": "whisper:tiny.en",
             },
         )
         assert r.status_code == 201, r.text
-        yield LiveServer(url, ADMIN_KEY, r.json()["apiKey"], log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield LiveServer(server.url, ADMIN_KEY, r.json()["apiKey"], log)
 
 
 @pytest.fixture(scope="module")
