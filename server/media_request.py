@@ -9,6 +9,7 @@ from starlette.requests import Request
 from server.accounts import Account
 from server.auth import key_from_request, require_account
 from server.errors import bad_request, unprocessable
+from server.services import services
 from server.uploads import ParsedUpload, receive_media
 
 
@@ -16,7 +17,7 @@ async def receive_authenticated_media(request: Request, limit_bytes: int) -> tup
     """A key in the header or query is checked before a byte of the upload is read (401 costs nothing);
     a key sent as an `apiKey` form field is checked after parsing. The temp file is removed on any error."""
     early = await require_account(request) if key_from_request(request) else None
-    tmp = Path(request.app.state.settings.data_dir) / "tmp"
+    tmp = Path(services(request).settings.data_dir) / "tmp"
     upload = await receive_media(request, tmp_dir=tmp, limit_bytes=limit_bytes)
     try:
         account = early or await require_account(request, upload.fields)

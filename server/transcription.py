@@ -1,7 +1,8 @@
 """The transcription service behind /stt, /subtitle and subtitle jobs: decode, reserve minutes, run the
 account's STT engine (and the diarizer), post-process with the dictionaries, settle or refund.
 
-Blocking work (decoding, inference) runs in threads; the engines batch across requests on their own.
+`TranscriptionService` does the bookkeeping on the event loop; `SttPipeline` is the blocking part (engine
+protocols only), run on an inference thread. The engines batch across requests on their own.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from engines.types import (
     SAMPLE_RATE,
     DiarizationRequest,
     EngineError,
-    ModelMissingError,
+    ModelProvider,
     SttRequest,
     SttResult,
     Word,
 )
 from server.accounts import Account
-from server.errors import ApiError, payment_required, unprocessable
+from server.capabilities import Capabilities
+from server.engine_errors import api_error
+from server.errors import ApiError, payment_required
+from server.inference import Inference
+from server.metrics import Metrics
 from server.minutes import MinutesPool, quantize_minutes
 from server.stt_options import SttOptions, speaker_label
 
@@ -45,34 +50,36 @@ class Transcript:
 
 
 def decode_media(path: Path) -> np.ndarray:
-    from engines.audio import EmptyMediaError, UndecodableMediaError, decode_file
+    """The upload as float32 mono 16 kHz; a MediaError for media without decodable audio (-> 422)."""
+    from engines.audio import decode_file
 
-    try:
-        return decode_file(path)
-    except EmptyMediaError as exc:
-        raise unprocessable(str(exc), code="empty_media") from None
-    except UndecodableMediaError as exc:
-        raise unprocessable(str(exc), code="undecodable_media") from None
+    return decode_file(path)
 
 
 class TranscriptionService:
-    def __init__(self, state: Any) -> None:
-        self._state = state
-
-    @property
-    def minutes(self) -> MinutesPool:
-        return self._state.minutes
+    def __init__(
+        self, *, minutes: MinutesPool, capabilities: Capabilities, pipeline: SttPipeline, inference: Inference,
+        metrics: Metrics,
+    ) -> None:
+        self.minutes = minutes
+        self._capabilities = capabilities
+        self._pipeline = pipeline
+        self._inference = inference
+        self._metrics = metrics
 
     async def transcribe_file(
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
         progress: Progress | None = None, reservation_id: int | None = None,
     ) -> Transcript:
-        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize)
+        selection = self._capabilities.require_stt_options(account, diarize=options.diarize)
         if reservation_id is None and account.minutes <= 0:
             # Decoding a large upload only to refuse it would waste the server's time; reserve() below stays
             # the authoritative check (the balance read at authentication may be stale).
             raise payment_required("Not enough minutes: the account has 0 min left")
-        audio = await asyncio.to_thread(decode_media, path)
+        try:
+            audio = await asyncio.to_thread(decode_media, path)
+        except EngineError as exc:
+            raise api_error(exc) from None
         duration = len(audio) / SAMPLE_RATE
         if reservation_id is None:
             reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind=kind, reference=reference)
@@ -82,22 +89,27 @@ class TranscriptionService:
                 raise ApiError(500, "reservation_missing", "the job's minutes reservation is gone")
             reservation = found
         try:
-            transcript = await asyncio.to_thread(self._run, selection.model, audio, options, progress)
+            transcript = await self._inference.run(self._pipeline.run, selection.model, audio, options, progress)
         except BaseException as exc:
             await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
-            if isinstance(exc, ModelMissingError):
-                raise ApiError(503, "model_missing", str(exc)) from None
             if isinstance(exc, EngineError):
-                raise unprocessable(str(exc), code="engine_error") from None
+                raise api_error(exc) from None
             raise
         charged = await self.minutes.settle(reservation, quantize_minutes(duration), audio_seconds=duration, reference=reference)
-        self._state.metrics.add_audio(kind, duration)
+        self._metrics.add_audio(kind, duration)
         return replace(transcript, minutes_used=charged)
 
-    def _run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
+
+class SttPipeline:
+    """The blocking part of a transcription, through the engine protocols: STT, diarization, dictionaries."""
+
+    def __init__(self, models: ModelProvider) -> None:
+        self._models = models
+
+    def run(self, model: str, audio: np.ndarray, options: SttOptions, progress: Progress | None) -> Transcript:
         from engines.terms import correct_terms, correct_timed_words, translated_timed_words
 
-        engine = self._state.models.stt(model)
+        engine = self._models.stt(model)
         stt_share = 0.75 if options.diarize else 1.0
 
         def stt_progress(f: float) -> None:
@@ -121,7 +133,7 @@ class TranscriptionService:
             words_by_segment = [correct_timed_words(ws, options.terms) for ws in words_by_segment]
         speakers: tuple[int, ...] = ()
         if options.diarize:
-            diarizer = self._state.models.diarizer()
+            diarizer = self._models.diarizer()
             dres = diarizer.diarize(
                 DiarizationRequest(audio, options.num_speakers, options.min_speakers, options.max_speakers),
                 (lambda f: progress(stt_share + f * (1 - stt_share))) if progress else None,

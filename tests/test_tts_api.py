@@ -392,7 +392,7 @@ class GatedVoice:
 
 @pytest.fixture
 def gated_voice(live_server, monkeypatch):  # type: ignore[no-untyped-def]
-    engine = live_server.app.state.models.tts("en_US-joe-medium")
+    engine = live_server.services.models.tts("en_US-joe-medium")
     voice = GatedVoice(engine)
     monkeypatch.setattr(engine, "synthesize", voice.synthesize)
     yield voice
@@ -450,7 +450,7 @@ def test_first_bytes_arrive_while_later_sentences_are_not_synthesized(live_serve
 def test_client_disconnect_mid_stream_stores_and_charges_nothing(live_server, gated_voice):
     acc = live_server.account()
     key = acc["apiKey"]
-    tts_service = live_server.app.state.tts
+    tts_service = live_server.services.tts
     with httpx.Client(timeout=GATE_TIMEOUT_S + 60) as client:
         with client.stream("POST", f"{live_server.url}/tts", json={"apiKey": key, "text": THREE_SENTENCES}) as r:
             assert r.status_code == 200

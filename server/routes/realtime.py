@@ -9,9 +9,12 @@ import logging
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.errors import ApiError, unauthorized
-from server.realtime import RealtimeSession, error_message
-from server.realtime_config import parse_config
+from server.auth import require_account
+from server.engine_errors import ws_error
+from server.errors import ApiError
+from server.realtime import RealtimeSession
+from server.realtime_config import ConfigError, parse_config
+from server.services import services
 
 log = logging.getLogger("speech7.realtime")
 CONFIG_TIMEOUT_S = 30
@@ -19,27 +22,27 @@ CONFIG_TIMEOUT_S = 30
 
 async def realtime(ws: WebSocket) -> None:
     await ws.accept()
-    state = ws.app.state
     session: RealtimeSession | None = None
     processor: asyncio.Task | None = None
     try:
-        key = ws.headers.get("x-api-key") or ws.query_params.get("apiKey")
-        account = await state.accounts.authenticate(key) if key else None
-        if account is None:
-            raise unauthorized("Missing or invalid API key (use ?apiKey=...)")
-        if account.disabled:
-            raise ApiError(403, "account_disabled", "This account is disabled")
-        first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
+        account = await require_account(ws)  # the HTTP routes' key lookup and account checks
+        try:
+            first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(408, "config_timeout", "no config message received") from None
         if first["type"] == "websocket.disconnect":
             return
         text = first.get("text")
         raw: str = text if text is not None else (first.get("bytes") or b"").decode("utf-8", "replace")
-        config = parse_config(json.loads(raw))
+        try:
+            config = parse_config(json.loads(raw))
+        except json.JSONDecodeError:
+            raise ConfigError("the first message must be JSON") from None
 
         async def send(msg: dict) -> None:
             await ws.send_text(json.dumps(msg, ensure_ascii=False))
 
-        session = RealtimeSession(state, account, config, send)
+        session = services(ws).realtime.session(account, config, send)
         await session.open()
         processor = asyncio.ensure_future(session.process())
         while True:
@@ -74,12 +77,10 @@ async def realtime(ws: WebSocket) -> None:
         await ws.close()
     except WebSocketDisconnect:
         pass
-    except TimeoutError:
-        await _fail(ws, {"error_code": 408, "error_message": "no config message received"})
     except Exception as exc:
-        if not isinstance(exc, (ApiError, json.JSONDecodeError)):
+        if not isinstance(exc, ApiError):
             log.exception("realtime session failed")
-        await _fail(ws, error_message(exc))
+        await _fail(ws, ws_error(exc))
     finally:
         if processor is not None and not processor.done():
             processor.cancel()

@@ -7,19 +7,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from server.media_request import receive_authenticated_media
+from server.services import services
 from server.stt_options import parse_bool, parse_stt_options
-from server.transcription import TranscriptionService, stt_json
+from server.transcription import stt_json
 
 
 async def stt(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
-    account, upload = await receive_authenticated_media(request, settings.stt_max_upload_bytes)
+    svc = services(request)
+    account, upload = await receive_authenticated_media(request, svc.settings.stt_max_upload_bytes)
     try:
         options = parse_stt_options(upload.fields)
         as_array = parse_bool(upload.fields.get("json"), "json")
-        service: TranscriptionService = request.app.state.transcription
         assert upload.media is not None
-        transcript = await service.transcribe_file(account, upload.media.path, options, kind="stt")
+        transcript = await svc.transcription.transcribe_file(account, upload.media.path, options, kind="stt")
     finally:
         upload.discard()
     body = stt_json(transcript, options)
