@@ -126,20 +126,6 @@ async def test_tts_streams_mp3_of_speech_stored_and_billed_once(api):
     assert detail["durationMs"] == pytest.approx(seconds * 1000, abs=150)
 
 
-@pytest.mark.parametrize("how", ["body", "header", "query"])
-async def test_key_in_body_header_or_query(api, how):
-    key = (await api.account())["apiKey"]
-    body = {"text": "Keys work three ways.", "json": True}
-    if how == "body":
-        r = await api.client.post("/tts", json={**body, "apiKey": key})
-    elif how == "header":
-        r = await api.client.post("/tts", json=body, headers={"x-api-key": key})
-    else:
-        r = await api.client.post("/tts", json=body, params={"apiKey": key})
-    assert r.status_code == 200, r.text
-    assert r.json()["minutesUsed"] == 0.5
-
-
 async def test_missing_or_wrong_key_is_401(api):
     assert (await api.client.post("/tts", json={"text": HELLO})).status_code == 401
     r = await api.client.post("/tts", json={"text": HELLO, "apiKey": "s7_not_a_key"})
