@@ -86,3 +86,22 @@ def test_settings_from_env():
         assert "S7_PORT" in str(exc)
     else:
         raise AssertionError("a bad number must be refused")
+
+
+def test_layers_import_only_downwards():
+    """scripts -> server -> models -> engines (docs/architecture.md): no module imports a layer above its own,
+    and the engines never see Starlette."""
+    import ast
+
+    banned = {"engines": {"server", "models", "scripts", "starlette"}, "models": {"server", "scripts", "starlette"},
+              "server": {"scripts"}}
+    for package, above in banned.items():
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module or ""]
+                else:
+                    continue
+                assert not [n for n in names if n.split(".")[0] in above], f"{path.relative_to(REPO)} imports {names}"
