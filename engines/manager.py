@@ -7,7 +7,6 @@ wait for one load instead of starting several.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -15,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.types import Diarizer, ModelMissingError, StageFn, SttEngine, Translator, TtsEngine
+from engines.types import (
+    Diarizer,
+    ModelMissingError,
+    SpeakerEncoder,
+    StageFn,
+    SttEngine,
+    Translator,
+    TtsEngine,
+)
 
 log = logging.getLogger("speech7.models")
 
@@ -44,6 +51,8 @@ def cuda_available() -> bool:
 
 
 class ModelManager:
+    """The production `engines.types.ModelProvider`."""
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self._models: dict[str, Any] = {}
@@ -128,10 +137,10 @@ class ModelManager:
 
         return self._get(f"diarizer:{spec}", load)
 
-    def speaker_encoder(self) -> Any:
+    def speaker_encoder(self) -> SpeakerEncoder:
         """The GE2E encoder on its own: realtime sessions label speakers with it whatever diarizer serves files."""
 
-        def load() -> Any:
+        def load() -> SpeakerEncoder:
             from engines.diarization.ge2e import Ge2eEncoder
 
             return Ge2eEncoder(self.config.models_dir / "ge2e" / "pretrained.pt", device=self.config.device)
@@ -146,11 +155,7 @@ class ModelManager:
 
         return self._get("translation:ct2", load)
 
-    # ------------------------------------------------------------------ async helpers and shutdown
-    async def aget(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Loads (if needed) off the event loop."""
-        return await asyncio.to_thread(fn, *args)
-
+    # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
         for key, model in list(self._models.items()):
             closer = getattr(model, "close", None)

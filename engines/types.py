@@ -9,8 +9,8 @@ field says otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +18,8 @@ SAMPLE_RATE = 16_000
 
 ProgressFn = Callable[[float], None]  # fraction done, 0.0 .. 1.0
 StageFn = Callable[[str, float], None]  # (stage name, seconds): per-stage timings for the server's metrics
+# Audio of one utterance (float32 mono 16 kHz) -> its 0-based speaker; one stateful function per stream.
+SpeakerFn = Callable[[np.ndarray], int]
 
 
 class EngineError(Exception):
@@ -165,13 +167,16 @@ class SttEngine(Protocol):
     @property
     def multilingual(self) -> bool: ...
 
-    def check_language_hints(self, hints: Sequence[str]) -> None:
-        """Raises EngineError for hints the model cannot honour (e.g. 'de' on an English-only model)."""
+    def check_language_hints(self, hints: Sequence[str], language: str | None = None) -> None:
+        """Raises EngineError for hints (or a forced language) the model cannot honour (e.g. 'de' on an
+        English-only model)."""
         ...
 
     def transcribe(self, request: SttRequest, progress: ProgressFn | None = None) -> SttResult: ...
 
-    def open_stream(self, options: StreamOptions) -> SttStream: ...
+    def open_stream(self, options: StreamOptions, *, speaker_fn: SpeakerFn | None = None) -> SttStream:
+        """A realtime stream; `speaker_fn` (when given) labels each utterance's final words with a speaker."""
+        ...
 
 
 # ---------------------------------------------------------------- text-to-speech
@@ -235,6 +240,22 @@ class Diarizer(Protocol):
     def diarize(self, request: DiarizationRequest, progress: ProgressFn | None = None) -> DiarizationResult: ...
 
 
+@runtime_checkable
+class SpeakerEncoder(Protocol):
+    """Speaker embeddings (GE2E d-vectors): realtime sessions label speakers with it, utterance by utterance."""
+
+    device: str
+
+    def mel_frames(self, audio: np.ndarray, *, gain: float = 1.0) -> Any:
+        """The encoder's input features of a stretch of audio (frames x mels, on the encoder's device);
+        `gain` scales the samples first (loudness normalisation)."""
+        ...
+
+    def embed_windows(self, mels: Any, starts: np.ndarray, n_frames: int = ...) -> np.ndarray:
+        """One unit-length embedding per window mels[s : s + n_frames]; shape (len(starts), dim)."""
+        ...
+
+
 # ---------------------------------------------------------------- translation
 
 
@@ -263,13 +284,31 @@ class Translator(Protocol):
     def translate(self, request: TranslationRequest) -> TranslationResult: ...
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """A parsed provider-key value such as `whisper:base` or `piper:en_US-joe-medium`."""
+# ---------------------------------------------------------------- the model provider
 
-    engine: str
-    model: str = ""
-    options: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
-    def __str__(self) -> str:
-        return f"{self.engine}:{self.model}" if self.model else self.engine
+class ModelProvider(Protocol):
+    """Loads each model on first use and shares it (engines.manager.ModelManager; fakes in the tests).
+
+    Loading blocks (seconds) and may raise ModelMissingError; callers run it off the event loop.
+    """
+
+    def stt(self, model: str) -> SttEngine: ...
+
+    def tts(self, voice: str) -> TtsEngine: ...
+
+    def diarizer(self) -> Diarizer: ...
+
+    def speaker_encoder(self) -> SpeakerEncoder: ...
+
+    def translator(self) -> Translator: ...
+
+    def loaded(self) -> dict[str, str]:
+        """key -> device of every loaded model (GET /healthz)."""
+        ...
+
+    def instances(self) -> dict[str, Any]:
+        """key -> loaded model, for the engines' own gauges on GET /metrics."""
+        ...
+
+    def close(self) -> None: ...

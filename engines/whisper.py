@@ -27,6 +27,7 @@ from engines.types import (
     ModelMissingError,
     ProgressFn,
     Segment,
+    SpeakerFn,
     StageFn,
     StreamOptions,
     SttRequest,
@@ -253,10 +254,10 @@ class WhisperEngine:
             raise EngineError("cannot detect the language of empty audio")
         return self._resolve_language(self._features(pcm)[0], tuple(hints), priority, self._pick_worker())
 
-    def open_stream(self, options: StreamOptions) -> SttStream:
+    def open_stream(self, options: StreamOptions, *, speaker_fn: SpeakerFn | None = None) -> SttStream:
         from engines.streaming import WhisperStream
 
-        return WhisperStream(self, options)
+        return WhisperStream(self, options, speaker_fn=speaker_fn)
 
     def batch_stats(self) -> BatchStats:
         """Counters summed over this model's workers (for /metrics); busy_ratio is the busiest worker's."""

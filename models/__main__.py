@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from models.catalog import Catalog, verify_dir
+from models.catalog import Catalog, models_dir_from_env, verify_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from server.settings import Settings
-
     parser = argparse.ArgumentParser(prog="scripts/models", description=__doc__)
     parser.add_argument("--models-dir", type=Path, help="default: $S7_MODELS_DIR or $S7_DATA_DIR/models")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--name")
     args = parser.parse_args(argv)
 
-    root = args.models_dir or Settings.from_env().resolved_models_dir
+    root = args.models_dir or models_dir_from_env(os.environ)
     cat = Catalog(root)
     if args.cmd == "list":
         for e in cat.entries():

@@ -17,15 +17,27 @@ import hashlib
 import json
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+DEFAULT_DATA_DIR = Path("./data")
 WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 BASE_MODEL_BIN_SIZE = 145_217_532
 MULTILINGUAL_VOCABULARY = 51865
+
+
+def resolve_models_dir(models_dir: Path | None, data_dir: Path) -> Path:
+    """The models directory: the one configured, else `<data_dir>/models` (the server and scripts/models agree)."""
+    return Path(models_dir) if models_dir else Path(data_dir) / "models"
+
+
+def models_dir_from_env(environ: Mapping[str, str]) -> Path:
+    """scripts/models' default, read as the server reads it: $S7_MODELS_DIR, else $S7_DATA_DIR/models."""
+    raw = environ.get("S7_MODELS_DIR")
+    return resolve_models_dir(Path(raw) if raw is not None else None, Path(environ.get("S7_DATA_DIR", DEFAULT_DATA_DIR)))
 
 
 @dataclass(frozen=True)

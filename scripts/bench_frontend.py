@@ -130,7 +130,7 @@ def main() -> None:
                 print(f"  C={c}: {wall:.2f} s", flush=True)
         finally:
             server.close()
-        single = Server(args.models_dir, "cpu", args.model, 1, 8, argv=argv, env=ONE_THREAD)
+        single = Server(args.models_dir, "cpu", args.model, 1, 8, argv=argv, extra_env=ONE_THREAD)
         try:
             single.run(data, 1, name)
             wall, cpu = level(single, data, name, 1, args.repeat)

@@ -7,7 +7,7 @@
 Builds each long input from the real speech under ../shared/testdata/en (clips with 1 s pauses and a 15 s
 silence every ten clips, repeated), encoded with PyAV into a temp dir. Then every (length, stage) case runs
 in a FRESH subprocess, the way /stt runs it in-process (`server.transcription.decode_media`, then
-`TranscriptionService._run` with the same model manager, no minutes accounting):
+`SttPipeline.run` with the same model manager, no minutes accounting):
 
 - decode:  decode_media only (the decoded array is what every later stage also holds);
 - vad:     decode + `engines.vad.speech_spans` over the whole recording;
@@ -91,15 +91,14 @@ def build_input(minutes: float, fmt: str, rate: int, out_dir: Path) -> tuple[Pat
 def child(args: argparse.Namespace) -> None:
     import gc
     import tracemalloc
-    from types import SimpleNamespace
 
     from engines.manager import EngineConfig, ModelManager
     from engines.vad import speech_spans
     from server.stt_options import SttOptions
-    from server.transcription import TranscriptionService, decode_media
+    from server.transcription import SttPipeline, decode_media
 
     models = ModelManager(EngineConfig(models_dir=Path(args.models_dir), device="cpu", diarizer="builtin"))
-    service = TranscriptionService(SimpleNamespace(models=models))
+    pipeline = SttPipeline(models)
     options = SttOptions(diarize=args.stage == "diarize")
 
     def run(path: Path) -> int:
@@ -107,7 +106,7 @@ def child(args: argparse.Namespace) -> None:
         if args.stage == "vad":
             speech_spans(audio)
         elif args.stage in ("stt", "diarize"):
-            service._run(f"{args.model}", audio, options, None)
+            pipeline.run(f"{args.model}", audio, options, None)
         return int(audio.size)
 
     # Warm-up on a few minutes (full batches), as a server that has served one long file before: models

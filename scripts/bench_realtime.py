@@ -32,10 +32,7 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -179,29 +176,23 @@ class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         import httpx
 
-        self.proc: subprocess.Popen | None = None
+        from server.launcher import ServerProcess, ServerStartError, start_process
+
+        self.server: ServerProcess | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         if args.url:
             self.url, self.key = args.url.rstrip("/"), args.key
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
             admin = "s7_bench_realtime_admin_0123456789"
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            env = {**os.environ, "S7_HOST": "127.0.0.1", "S7_PORT": str(port), "S7_DATA_DIR": self._tmp.name,
-                   "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir), "S7_DEVICE": args.device,
-                   "S7_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1"}
+            env = {"S7_DATA_DIR": self._tmp.name, "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir),
+                   "S7_DEVICE": args.device, "S7_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1"}
             self.log = Path(self._tmp.name) / "server.log"
-            with self.log.open("wb") as out:
-                self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env,
-                                             stdout=out, stderr=subprocess.STDOUT)
-            self.url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while not self._healthy():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start:\n{self.log.read_text()[-3000:]}")
-                time.sleep(0.2)  # readiness poll of a starting subprocess
+            try:
+                self.server = start_process(env, log=self.log, timeout_s=180)
+            except ServerStartError as exc:
+                raise SystemExit(f"the server did not start: {exc}") from None
+            self.url = self.server.url
             body = {"apiKey": admin, "startingMinutes": 100_000, "companyName": "bench", "sttApiKey": args.model}
             r = httpx.post(f"{self.url}/accounts", json=body, timeout=30)
             if r.status_code != 201:
@@ -211,26 +202,13 @@ class Server:
         caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
         self.stt = caps.get("stt") or {}
 
-    def _healthy(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + f"/stt/realtime?apiKey={self.key}"
 
     def close(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.server is not None:
+            self.server.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 

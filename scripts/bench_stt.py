@@ -176,35 +176,23 @@ class Server:
     """The real server in a subprocess, so the clients' Python does not share its interpreter."""
 
     def __init__(self, models_dir: Path, device: str, model: str, cpu_threads: int, batch_size: int,
-                 *, argv: Sequence[str] = ("-m", "server.cli", "serve"), env: dict[str, str] | None = None) -> None:
-        import socket
-
+                 *, argv: Sequence[str] = ("-m", "server.cli", "serve"), extra_env: dict[str, str] | None = None) -> None:
         import httpx
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        from server.launcher import ServerStartError, start_process
+
         self._tmp = tempfile.TemporaryDirectory(prefix="bench_stt_")
         env = {
-            **os.environ, "S7_DATA_DIR": self._tmp.name, "S7_MODELS_DIR": str(models_dir), "S7_PORT": str(port),
-            "S7_ADMIN_KEY": ADMIN_KEY, "S7_DEVICE": device, "S7_DEFAULT_STT": model, "S7_LOG_LEVEL": "warning",
-            "S7_CPU_THREADS": str(cpu_threads), "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000",
-            **(env or {}),
+            "S7_DATA_DIR": self._tmp.name, "S7_MODELS_DIR": str(models_dir), "S7_ADMIN_KEY": ADMIN_KEY,
+            "S7_DEVICE": device, "S7_DEFAULT_STT": model, "S7_LOG_LEVEL": "warning", "S7_CPU_THREADS": str(cpu_threads),
+            "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000", **(extra_env or {}),
         }
-        self.url = f"http://127.0.0.1:{port}"
-        self._proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                sys.exit(f"the server exited with {self._proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            self.close()
-            sys.exit("the server did not start within 120 s")
+        try:
+            self._server = start_process(env, command=(sys.executable, *argv), timeout_s=180)
+        except ServerStartError as exc:
+            self._tmp.cleanup()
+            sys.exit(f"the server did not start: {exc}")
+        self.url = self._server.url
         r = httpx.post(f"{self.url}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 1e8, "sttApiKey": model},
                        timeout=30)
         r.raise_for_status()
@@ -212,7 +200,7 @@ class Server:
 
     @property
     def pid(self) -> int:
-        return self._proc.pid
+        return self._server.proc.pid
 
     def run(self, data: bytes, concurrency: int, filename: str = "bench.wav") -> tuple[float, list[str]]:
         import httpx
@@ -234,11 +222,7 @@ class Server:
         return asyncio.run(level())
 
     def close(self) -> None:
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        self._server.stop()
         self._tmp.cleanup()
 
 
@@ -365,7 +349,7 @@ def main() -> None:
         write_wav(wav, audio)
         data = wav.read_bytes()
         server = Server(args.models_dir, device, model, args.cpu_threads, batch,
-                        env={"S7_STT_WORKERS_PER_DEVICE": str(workers)})
+                        extra_env={"S7_STT_WORKERS_PER_DEVICE": str(workers)})
         try:
             # Warm-up with one full request, as the baselines get below: the first request of a size
             # pays for growing the allocator's pools, which would be charged to the first timed level.

@@ -85,35 +85,20 @@ class LiveServer:
     """The app under uvicorn in a thread, with an account that has minutes enough for every case."""
 
     def __init__(self, models_dir: Path, device: str) -> None:
-        import socket
         import tempfile
-        import threading
 
         import httpx
-        import uvicorn
 
         from server.app import create_app
+        from server.launcher import ThreadedServer
         from server.settings import Settings
 
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-tts-")
         admin = "s7_bench_admin_key_0123456789"
         settings = Settings(data_dir=Path(self._tmp.name), admin_key=admin, models_dir=models_dir, device=device)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                                     log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        for _ in range(600):  # bounded wait for the socket (model loading happens on the first request)
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise SystemExit("the server did not start")
+        # Bounded wait for the socket (model loading happens on the first request).
+        self._server = ThreadedServer(create_app(settings), timeout_s=60)
+        self.url = self._server.url
         r = httpx.post(f"{self.url}/accounts", json={"apiKey": admin, "startingMinutes": 10_000}, timeout=30)
         r.raise_for_status()
         self.key = r.json()["apiKey"]
@@ -133,8 +118,7 @@ class LiveServer:
         return HttpRun(first if first is not None else total, total)
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
+        self._server.stop()
         self._tmp.cleanup()
 
 

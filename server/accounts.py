@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db import accounts, usage
+from server.engine_specs import EngineSpecs, SpecError
 from server.errors import ApiError, bad_request, not_found
 from server.security import display_prefix, generate_api_key, hash_api_key, key_matches, new_id
 
@@ -100,10 +101,10 @@ def _text(body: Mapping[str, Any], name: str, limit: int = 300) -> str | None:
 
 
 class AccountService:
-    def __init__(self, db: AsyncEngine, validate_spec: Callable[[str, str | None], None]) -> None:
-        """`validate_spec(kind, value)` raises ApiError(400) for unknown engines/models (kind: stt|tts)."""
+    def __init__(self, db: AsyncEngine, specs: EngineSpecs) -> None:
+        """`specs` refuses provider keys naming engines or models this server does not have."""
         self._db = db
-        self._validate_spec = validate_spec
+        self._specs = specs
 
     async def authenticate(self, key: str) -> Account | None:
         if not key or len(key) > 200:
@@ -134,7 +135,10 @@ class AccountService:
         for jname, col in ENGINE_FIELDS.items():
             if jname in body:
                 spec = _text(body, jname, 200)
-                self._validate_spec("stt" if jname == "sttApiKey" else "tts", spec)
+                try:
+                    self._specs.check("stt" if jname == "sttApiKey" else "tts", spec)
+                except SpecError as exc:
+                    raise bad_request(str(exc), code="unknown_engine") from None
                 values[col] = spec
         if "isAdmin" in body:
             if not isinstance(body["isAdmin"], bool):

@@ -1,116 +1,142 @@
-"""The application factory: `create_app(settings)` wires settings, database, services and routes.
+"""The application factory: `create_app(settings)` wires settings, database, engines, services and routes.
 
-Services live on `app.state` and are built in the lifespan, so tests and servers each get their own; nothing
-is held in module globals.
+Everything is built here, in the lifespan, with its collaborators passed in: one typed `Services` object
+(server.services) that the routes reach through `services(request)`. Tests and servers each get their own;
+nothing is held in module globals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from engines.frontend import MediaFrontend
 from engines.manager import EngineConfig, ModelManager, cuda_available
+from engines.types import ModelProvider
 from models.catalog import Catalog
 from server.accounts import AccountService
 from server.auth import AdminSessions
+from server.capabilities import Capabilities
 from server.db import create_schema, make_engine
-from server.engine_specs import STT_ENGINES, TTS_ENGINES, SpecError, resolve
-from server.errors import (
-    ApiError,
-    api_error_handler,
-    bad_request,
-    http_error_handler,
-    unhandled_error_handler,
-)
+from server.engine_specs import EngineSpecs
+from server.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
+from server.inference import Inference, inference_threads
 from server.metrics import Metrics, MetricsMiddleware
 from server.minutes import MinutesPool
+from server.realtime import RealtimeService
+from server.realtime_config import decode_interval
 from server.routes import build_routes
+from server.services import Services
 from server.settings import Settings, resolve_device
+from server.subtitle_jobs import SubtitleJobs
+from server.transcription import SttPipeline, TranscriptionService
+from server.tts_service import TtsService
+from server.warmup import Readiness, warm_up
+
+if TYPE_CHECKING:
+    from server.wyoming.service import WyomingService
 
 log = logging.getLogger("speech7")
 
 
-def create_app(settings: Settings, *, manager: ModelManager | None = None) -> Starlette:
-    """`manager` lets the server-layer tests plug in fake engines; production always builds the real one."""
-    catalog = Catalog(settings.resolved_models_dir)
+def engine_config(settings: Settings, device: str, metrics: Metrics) -> EngineConfig:
+    return EngineConfig(
+        models_dir=settings.resolved_models_dir, device=device, compute_type=settings.compute_type,
+        cpu_threads=settings.cpu_threads, max_batch_size=settings.max_batch_size,
+        batch_window_ms=settings.batch_window_ms, device_index=settings.device_index,
+        diarizer=settings.default_diarizer, stt_workers_per_device=settings.stt_workers_per_device,
+        on_stage=metrics.observe_stage,
+    )
 
-    def validate_spec(kind: str, value: str | None) -> None:
-        if value is None:
-            return
-        try:
-            if kind == "stt":
-                resolve(value, settings.default_stt, STT_ENGINES, catalog.whisper_models(), "STT")
-            else:
-                resolve(value, settings.default_tts, TTS_ENGINES, catalog.piper_voices(), "TTS")
-        except SpecError as exc:
-            raise bad_request(str(exc), code="unknown_engine") from None
+
+def wyoming_service(services: Services) -> WyomingService | None:
+    """The Wyoming server beside HTTP when S7_WYOMING_URI is set (same engines, batching and minutes)."""
+    settings = services.settings
+    if not settings.wyoming_uri:
+        return None
+    from server.wyoming.handler import WyomingContext
+    from server.wyoming.service import WyomingService
+
+    context = WyomingContext(
+        settings, services.accounts, services.capabilities, services.catalog, services.transcription, services.tts,
+        settings.wyoming_api_key,
+    )
+    return WyomingService(settings.wyoming_uri, context)
+
+
+def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> Starlette:
+    """`manager` lets the server-layer tests plug in fake engines; production always builds the real one."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Inference calls block a thread each while the engines batch them: the default pool (cores + 4)
-        # would cap concurrent requests and realtime sessions far below what one batched model serves.
-        import asyncio
-        from concurrent.futures import ThreadPoolExecutor
-
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=max(32, settings.realtime_max_sessions + 16), thread_name_prefix="s7")
-        )
         data_dir = Path(settings.data_dir)
         for sub in ("tmp", "speeches", "jobs"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
         db = make_engine(settings.resolved_database_url)
         await create_schema(db)
         device = resolve_device(settings.device, cuda_available() if settings.device != "cpu" else False)
-        mgr = manager or ModelManager(
-            EngineConfig(
-                models_dir=settings.resolved_models_dir, device=device, compute_type=settings.compute_type,
-                cpu_threads=settings.cpu_threads, max_batch_size=settings.max_batch_size,
-                batch_window_ms=settings.batch_window_ms, device_index=settings.device_index,
-                diarizer=settings.default_diarizer, stt_workers_per_device=settings.stt_workers_per_device,
-                on_stage=metrics.observe_stage,
-            )
-        )
-        from engines.frontend import MediaFrontend
-
+        models = manager or ModelManager(engine_config(settings, device, metrics))
+        inference = Inference(inference_threads(settings))
         frontend = MediaFrontend(data_dir / "tmp", settings.frontend_workers, on_stage=metrics.observe_stage)
-        app.state.settings = settings
-        app.state.db = db
-        app.state.catalog = catalog
-        app.state.device = device
-        app.state.realtime_sessions = 0  # open WS /stt/realtime sessions in this process (RealtimeSession)
-        app.state.models = mgr
-        app.state.frontend = frontend
-        app.state.accounts = AccountService(db, validate_spec)
-        app.state.minutes = MinutesPool(db)
-        app.state.admin_sessions = AdminSessions(settings.session_secret)
-        app.state.metrics = metrics
-        from server.services import build_services
-
-        services = build_services(app.state)
-        await app.state.accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
-        await services.start()
-        from server.warmup import Readiness, warm_up
-
-        app.state.readiness = Readiness(ready=not settings.warmup)
-        warming = asyncio.ensure_future(warm_up(mgr, settings, app.state.readiness)) if settings.warmup else None
+        catalog = Catalog(settings.resolved_models_dir)
+        specs = EngineSpecs(catalog, default_stt=settings.default_stt, default_tts=settings.default_tts)
+        minutes = MinutesPool(db)
+        accounts = AccountService(db, specs)
+        capabilities = Capabilities(settings, catalog, specs, models, device)
+        transcription = TranscriptionService(
+            minutes=minutes, capabilities=capabilities, pipeline=SttPipeline(models, metrics), inference=inference,
+            metrics=metrics, frontend=frontend, max_audio_hours=settings.max_audio_hours,
+        )
+        readiness = Readiness(ready=not settings.warmup)
+        services = Services(
+            settings=settings, device=device, db=db, catalog=catalog, models=models, metrics=metrics,
+            accounts=accounts, minutes=minutes, admin_sessions=AdminSessions(settings.session_secret),
+            capabilities=capabilities, transcription=transcription, readiness=readiness,
+            tts=TtsService(
+                speeches_dir=data_dir / "speeches", db=db, minutes=minutes, capabilities=capabilities,
+                models=models, inference=inference, metrics=metrics,
+            ),
+            subtitle_jobs=SubtitleJobs(
+                settings=settings, jobs_dir=data_dir / "jobs", db=db, minutes=minutes, accounts=accounts,
+                capabilities=capabilities, transcription=transcription,
+            ),
+            realtime=RealtimeService(
+                capabilities=capabilities, models=models, minutes=minutes, inference=inference, metrics=metrics,
+                max_sessions=settings.realtime_max_sessions,
+                decode_interval_s=decode_interval(settings.realtime_decode_interval_s, device),
+            ),
+        )
+        app.state.services = services  # the one thing on app.state: read through server.services
+        await accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
+        wyoming = wyoming_service(services)
+        if wyoming is not None:  # first: its start refuses a missing key before any worker has started
+            await wyoming.start()
+        await services.subtitle_jobs.start()
+        warming = asyncio.ensure_future(warm_up(models, settings, readiness)) if settings.warmup else None
         try:
             yield
         finally:
             if warming is not None:
                 warming.cancel()
-            await services.stop()
+            if wyoming is not None:
+                await wyoming.stop()
+            await services.subtitle_jobs.stop()
+            await services.tts.stop()
             frontend.close()
-            mgr.close()
+            models.close()  # fails queued engine work, so no inference thread waits on a closed model
+            inference.shutdown()
             await db.dispose()
 
-    metrics = Metrics()
-    app = Starlette(
+    return Starlette(
         routes=build_routes(),
         lifespan=lifespan,
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
@@ -120,4 +146,3 @@ def create_app(settings: Settings, *, manager: ModelManager | None = None) -> St
             Exception: unhandled_error_handler,
         },
     )
-    return app

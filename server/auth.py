@@ -1,5 +1,7 @@
 """Who is calling: the API key from a JSON body (`apiKey`), the `x-api-key` header or `?apiKey=`, or for
-the admin area a signed session cookie (with a CSRF token for state-changing requests)."""
+the admin area a signed session cookie (with a CSRF token for state-changing requests).
+
+HTTP routes and the realtime WebSocket authenticate through the same `require_account`."""
 
 from __future__ import annotations
 
@@ -9,18 +11,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
-from server.accounts import Account, AccountService, ensure_active
+from server.accounts import Account, ensure_active
 from server.errors import ApiError, bad_request, forbidden, unauthorized
 from server.security import sign
+from server.services import services
 
 SESSION_COOKIE = "s7_admin"
 SESSION_TTL_S = 12 * 3600
 MAX_JSON_BYTES = 1 << 20
 
 
-def key_from_request(request: Request, body: Mapping[str, Any] | None = None) -> str | None:
+def key_from_request(request: HTTPConnection, body: Mapping[str, Any] | None = None) -> str | None:
     header = request.headers.get("x-api-key")
     if header:
         return header.strip()
@@ -56,12 +59,12 @@ async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, 
     return data
 
 
-async def require_account(request: Request, body: Mapping[str, Any] | None = None) -> Account:
+async def require_account(request: HTTPConnection, body: Mapping[str, Any] | None = None) -> Account:
+    """The caller's active account (401 without a valid key, 403 when disabled); `request` may be a WebSocket."""
     key = key_from_request(request, body)
     if not key:
         raise unauthorized("Missing API key: send apiKey in the JSON body, an x-api-key header or ?apiKey=")
-    service: AccountService = request.app.state.accounts
-    account = await service.authenticate(key)
+    account = await services(request).accounts.authenticate(key)
     if account is None:
         raise unauthorized("Invalid API key")
     ensure_active(account)
@@ -112,7 +115,7 @@ async def require_admin(request: Request, body: Mapping[str, Any] | None = None)
     if key_from_request(request, body):
         account = await require_account(request, body)
     else:
-        sessions: AdminSessions = request.app.state.admin_sessions
+        sessions = services(request).admin_sessions
         token = request.cookies.get(SESSION_COOKIE)
         account_id = sessions.account_id(token)
         if account_id is None or token is None:
@@ -121,9 +124,8 @@ async def require_admin(request: Request, body: Mapping[str, Any] | None = None)
             sent = request.headers.get("x-csrf-token", "")
             if not secrets.compare_digest(sent, sessions.csrf_token(token)):
                 raise forbidden("Missing or invalid CSRF token")
-        service: AccountService = request.app.state.accounts
         try:
-            account = await service.get(account_id)
+            account = await services(request).accounts.get(account_id)
         except ApiError:
             raise unauthorized("Admin session is no longer valid") from None
         ensure_active(account)

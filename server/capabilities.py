@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from engines.manager import ModelManager
+from engines.types import ModelProvider
 from models.catalog import Catalog
 from server.accounts import Account
-from server.engine_specs import OFF, STT_ENGINES, TTS_ENGINES, Selection, SpecError, resolve
+from server.engine_specs import OFF, EngineSpecs, Selection, SpecError
 from server.errors import ApiError
 from server.settings import Settings
 
@@ -16,18 +17,20 @@ log = logging.getLogger("speech7.capabilities")
 
 
 class Capabilities:
-    def __init__(self, settings: Settings, catalog: Catalog, models: ModelManager, device: str) -> None:
+    def __init__(
+        self, settings: Settings, catalog: Catalog, specs: EngineSpecs, models: ModelProvider, device: str
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
+        self.specs = specs
         self.models = models
         self.device = device
 
     def stt_selection(self, account: Account) -> Selection:
-        return resolve(account.stt_engine, self.settings.default_stt, STT_ENGINES, self.catalog.whisper_models(), "STT")
+        return self.specs.stt(account.stt_engine)
 
     def tts_selection(self, account: Account, voice: str | None = None) -> Selection:
-        spec = f"piper:{voice}" if voice else account.tts_engine
-        return resolve(spec, self.settings.default_tts, TTS_ENGINES, self.catalog.piper_voices(), "TTS")
+        return self.specs.tts(f"piper:{voice}" if voice else account.tts_engine)
 
     def require_stt(self, account: Account, model: str | None = None) -> Selection:
         """The account's STT selection, or the installed Whisper `model` a request chose instead: an account
@@ -76,7 +79,7 @@ class Capabilities:
             return []
 
     def for_account(self, account: Account) -> dict[str, Any]:
-        def describe(fn: Any) -> dict[str, Any]:
+        def describe(fn: Callable[[Account], Selection]) -> dict[str, Any]:
             try:
                 sel = fn(account)
             except SpecError as exc:

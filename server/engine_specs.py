@@ -1,11 +1,15 @@
 """Provider keys become engine selection: `sttApiKey`/`ttsApiKey` hold a spec like `whisper:base` or
 `piper:en_US-joe-medium`. Absent (NULL) means the server default; `off` means not configured.
-Pure functions: the installed models are passed in."""
+
+`resolve` is a pure function (the installed models are passed in); `EngineSpecs` is the one typed entry point
+the server uses, holding the defaults from the settings and asking the catalog what is installed."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from models.catalog import Catalog
 
 OFF = "off"
 STT_ENGINES = ("whisper",)
@@ -51,3 +55,23 @@ def resolve(value: str | None, default: str, engines: Sequence[str], installed: 
             "add it with scripts/models import"
         )
     return Selection(True, engine, model)
+
+
+class EngineSpecs:
+    """Parses account specs against the server's defaults and the models installed right now."""
+
+    def __init__(self, catalog: Catalog, *, default_stt: str, default_tts: str) -> None:
+        self._catalog = catalog
+        self._default_stt = default_stt
+        self._default_tts = default_tts
+
+    def stt(self, value: str | None) -> Selection:
+        return resolve(value, self._default_stt, STT_ENGINES, self._catalog.whisper_models(), "STT")
+
+    def tts(self, value: str | None) -> Selection:
+        return resolve(value, self._default_tts, TTS_ENGINES, self._catalog.piper_voices(), "TTS")
+
+    def check(self, kind: str, value: str | None) -> None:
+        """Raises SpecError for a spec an admin may not store (kind: stt | tts); None (the default) is fine."""
+        if value is not None:
+            (self.stt if kind == "stt" else self.tts)(value)

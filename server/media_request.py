@@ -10,6 +10,7 @@ from starlette.requests import Request
 from server.accounts import Account
 from server.auth import key_from_request, require_account
 from server.errors import bad_request, unprocessable
+from server.services import services
 from server.uploads import ParsedUpload, receive_media
 
 
@@ -17,10 +18,10 @@ async def receive_authenticated_media(request: Request, limit_bytes: int) -> tup
     """A key in the header or query is checked before a byte of the upload is read (401 costs nothing);
     a key sent as an `apiKey` form field is checked after parsing. The temp file is removed on any error."""
     early = await require_account(request) if key_from_request(request) else None
-    tmp = Path(request.app.state.settings.data_dir) / "tmp"
+    tmp = Path(services(request).settings.data_dir) / "tmp"
     began = time.perf_counter()
     upload = await receive_media(request, tmp_dir=tmp, limit_bytes=limit_bytes)
-    request.app.state.metrics.observe_stage("upload", time.perf_counter() - began)
+    services(request).metrics.observe_stage("upload", time.perf_counter() - began)
     try:
         account = early or await require_account(request, upload.fields)
         if upload.media is None:

@@ -10,18 +10,28 @@ client never holds anything but its own session.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from engines.types import SAMPLE_RATE, EngineError, StreamOptions, StreamUpdate
+from engines.types import (
+    SAMPLE_RATE,
+    EngineError,
+    ModelProvider,
+    SpeakerFn,
+    StreamOptions,
+    StreamToken,
+    StreamUpdate,
+)
 from server.accounts import Account
+from server.capabilities import Capabilities
 from server.errors import ApiError
+from server.inference import Inference
+from server.metrics import Metrics
 from server.minutes import QUANTUM_MINUTES, MinutesPool, Reservation, quantize_minutes
-from server.realtime_config import ConfigError, RealtimeConfig, decode_interval, missing_directions
+from server.realtime_config import ConfigError, RealtimeConfig, missing_directions
 from server.two_way import TwoWay
 
 log = logging.getLogger("speech7.realtime")
@@ -34,7 +44,7 @@ MAX_BACKLOG_S = 20.0
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def token_json(t: Any) -> dict[str, Any]:
+def token_json(t: StreamToken) -> dict[str, Any]:
     out: dict[str, Any] = {
         "text": t.text, "start_ms": t.start_ms, "end_ms": t.end_ms,
         "confidence": round(float(t.confidence), 3), "is_final": t.is_final,
@@ -56,9 +66,43 @@ def update_message(update: StreamUpdate, *, endpoint_token: bool = True) -> dict
             "total_audio_proc_ms": update.total_audio_proc_ms}
 
 
+class RealtimeService:
+    """Opens realtime sessions with their collaborators, and caps how many run at once in this process."""
+
+    def __init__(
+        self, *, capabilities: Capabilities, models: ModelProvider, minutes: MinutesPool, inference: Inference,
+        metrics: Metrics, max_sessions: int, decode_interval_s: float,
+    ) -> None:
+        self.capabilities = capabilities
+        self.models = models
+        self.minutes = minutes
+        self.inference = inference
+        self.metrics = metrics
+        self.decode_interval_s = decode_interval_s
+        self._max_sessions = max_sessions
+        self._active = 0
+
+    @property
+    def active_sessions(self) -> int:
+        """Sessions holding a slot: from open() until close()."""
+        return self._active
+
+    def session(self, account: Account, config: RealtimeConfig, send: Send) -> RealtimeSession:
+        return RealtimeSession(self, account, config, send)
+
+    def take_slot(self) -> None:
+        """At most `realtime_max_sessions` sessions per server process; each holds an inference thread."""
+        if self._active >= self._max_sessions:
+            raise ApiError(503, "too_many_sessions", "Too many realtime sessions on this server; try again later")
+        self._active += 1
+
+    def release_slot(self) -> None:
+        self._active -= 1
+
+
 class RealtimeSession:
-    def __init__(self, state: Any, account: Account, config: RealtimeConfig, send: Send) -> None:
-        self.state = state
+    def __init__(self, service: RealtimeService, account: Account, config: RealtimeConfig, send: Send) -> None:
+        self._svc = service
         self.account = account
         self.config = config
         self.send = send
@@ -77,25 +121,28 @@ class RealtimeSession:
 
     @property
     def minutes(self) -> MinutesPool:
-        return self.state.minutes
+        return self._svc.minutes
 
     async def open(self) -> None:
         """Every refusal (STT off, no minutes, unserved translation pair, missing model) happens here."""
         from engines.stream_decode import StreamDecoder
 
-        sel = self.state.capabilities.require_stt(self.account, self.config.stt.model)
+        svc = self._svc
+        sel = svc.capabilities.require_stt(self.account, self.config.stt.model)
         cfg = self.config
-        self._take_slot()
+        svc.take_slot()
+        self._counted = True
+        pairs: list[tuple[str, str]] = []
         if cfg.two_way:
             assert cfg.language_a and cfg.language_b
-            pairs = await asyncio.to_thread(self.state.capabilities.translation_pairs)
-            missing = missing_directions(cfg.language_a, cfg.language_b, [tuple(p) for p in pairs])
+            pairs = [(p[0], p[1]) for p in await svc.inference.run(svc.capabilities.translation_pairs)]
+            missing = missing_directions(cfg.language_a, cfg.language_b, pairs)
             if missing and not cfg.allow_missing_directions:
                 raise ConfigError(
                     f"no translation model serves {', '.join(missing)}: install a CTranslate2 model for that pair "
                     "(scripts/models import translation ...) or send allow_missing_directions=true"
                 )
-        engine = await asyncio.to_thread(self.state.models.stt, sel.model)
+        engine = await svc.inference.run(svc.models.stt, sel.model)
         if cfg.two_way and not engine.multilingual:
             raise ConfigError(f"two-way translation needs a multilingual STT model; {sel.model} is English-only")
         hints = cfg.stt.language_hints or ((cfg.language_a, cfg.language_b) if cfg.two_way else ())
@@ -111,21 +158,21 @@ class RealtimeSession:
             # Two-way translation translates per utterance, so it needs the pauses even when the client
             # did not ask for "<end>" tokens (those are then left out of the messages).
             enable_endpoint_detection=cfg.endpoint_detection or cfg.two_way,
-            decode_interval_s=decode_interval(self.state.settings.realtime_decode_interval_s, self.state.device),
+            decode_interval_s=svc.decode_interval_s,
         )
-        speaker_fn = None
+        speaker_fn: SpeakerFn | None = None
         if cfg.stt.diarize:
             from engines.diarization.online import OnlineSpeakers
 
-            encoder = await asyncio.to_thread(self.state.models.speaker_encoder)
+            encoder = await svc.inference.run(svc.models.speaker_encoder)
             speaker_fn = OnlineSpeakers(encoder).assign
         self.reservation = await self.minutes.reserve(self.account.id, QUANTUM_MINUTES, kind="realtime")
-        self.engine = engine
-        self.stream = engine.open_stream(options) if speaker_fn is None else _open_with_speakers(engine, options, speaker_fn)
+        self.stream = engine.open_stream(options, speaker_fn=speaker_fn)
         self.decoder = StreamDecoder(cfg.audio_format, cfg.sample_rate, cfg.num_channels)  # type: ignore[arg-type]
         if cfg.two_way:
             assert cfg.language_a and cfg.language_b
-            self.two_way = TwoWay(self.state, engine, cfg.language_a, cfg.language_b, cfg.stt.translation_terms)
+            self.two_way = TwoWay(engine, svc.models.translator, pairs, cfg.language_a, cfg.language_b,
+                                  cfg.stt.translation_terms, svc.inference)
 
     async def feed(self, data: bytes) -> None:
         pcm = await asyncio.to_thread(self.decoder.feed, data)
@@ -172,12 +219,12 @@ class RealtimeSession:
                 self.samples += len(pcm)
                 if self.two_way:
                     self.two_way.add_audio(pcm)
-                for update in await asyncio.to_thread(self.stream.accept_all, pcm):
+                for update in await self._svc.inference.run(self.stream.accept_all, pcm):
                     await self._emit(update)
                 self._backlog -= len(pcm)
                 self._drained.set()
             if self._finalize and not self._pending:
-                update = await asyncio.to_thread(self.stream.finish)
+                update = await self._svc.inference.run(self.stream.finish)
                 await self._emit(update, final=True)
                 await self.send({"tokens": [], "finished": True,
                                  "final_audio_proc_ms": update.final_audio_proc_ms,
@@ -198,17 +245,10 @@ class RealtimeSession:
         if msg["tokens"] or self.two_way is not None or had_partial:
             await self.send(msg)
 
-    def _take_slot(self) -> None:
-        """At most `realtime_max_sessions` sessions per server process; each holds a worker thread."""
-        if self.state.realtime_sessions >= self.state.settings.realtime_max_sessions:
-            raise ApiError(503, "too_many_sessions", "Too many realtime sessions on this server; try again later")
-        self.state.realtime_sessions += 1
-        self._counted = True
-
     async def close(self) -> None:
         """Settles what was streamed (realtime audio is billed as it is consumed, disconnects included)."""
         if self._counted:
-            self.state.realtime_sessions -= 1
+            self._svc.release_slot()
             self._counted = False
         if getattr(self, "decoder", None) is not None:
             # Finalized sessions closed it already; a client gone mid-stream leaves bytes nobody will hear.
@@ -219,23 +259,7 @@ class RealtimeSession:
             seconds = self.received / SAMPLE_RATE  # every sample the engine got came through _push
             if seconds:
                 await self.minutes.settle(self.reservation, quantize_minutes(seconds), audio_seconds=seconds)
-                self.state.metrics.add_audio("realtime", seconds)
+                self._svc.metrics.add_audio("realtime", seconds)
             else:
                 await self.minutes.refund(self.reservation, note="no audio")
             self.reservation = None
-
-
-def _open_with_speakers(engine: Any, options: StreamOptions, speaker_fn: Any) -> Any:
-    from engines.streaming import WhisperStream
-
-    return WhisperStream(engine, options, speaker_fn=speaker_fn)
-
-
-def error_message(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, ApiError):
-        return {"error_code": exc.status, "error_message": exc.message}
-    if isinstance(exc, EngineError):
-        return {"error_code": 400, "error_message": str(exc)}
-    if isinstance(exc, json.JSONDecodeError):
-        return {"error_code": 400, "error_message": "the first message must be JSON"}
-    return {"error_code": 500, "error_message": "internal error"}

@@ -1,50 +1,60 @@
-"""Builds the feature services onto `app.state` and owns their background tasks (job workers, purges)."""
+"""The services a running app serves with, built once by the lifespan in `server.app` and reached by the routes
+through `services(request)`: one typed object instead of attributes scattered on `app.state`, so a reader
+(and mypy) can follow a request from its route into the service and on to the engine protocols."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from server.capabilities import Capabilities
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
 
+if TYPE_CHECKING:  # the services import this module's accessor through server.auth
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
-class Services:
-    def __init__(self, state: Any) -> None:
-        self.state = state
-        self._started: list[Any] = []
-
-    def add(self, svc: Any) -> None:
-        """Registers a service with async start()/stop() (background workers)."""
-        self._started.append(svc)
-
-    async def start(self) -> None:
-        for svc in self._started:
-            await svc.start()
-
-    async def stop(self) -> None:
-        for svc in reversed(self._started):
-            await svc.stop()
-
-
-def build_services(state: Any) -> Services:
-    services = Services(state)
-    state.capabilities = Capabilities(state.settings, state.catalog, state.models, state.device)
-    from server.transcription import TranscriptionService
-
-    state.transcription = TranscriptionService(state)
-    from server.tts_service import TtsService
-
-    state.tts = TtsService(state)
-    if state.settings.wyoming_uri:  # first: its start can refuse (no key), before any worker has started
-        from server.wyoming.handler import WyomingContext
-        from server.wyoming.service import WyomingService
-
-        context = WyomingContext(
-            state.settings, state.accounts, state.capabilities, state.catalog, state.transcription, state.tts,
-            state.settings.wyoming_api_key,
-        )
-        services.add(WyomingService(state.settings.wyoming_uri, context))
+    from engines.types import ModelProvider
+    from models.catalog import Catalog
+    from server.accounts import AccountService
+    from server.auth import AdminSessions
+    from server.capabilities import Capabilities
+    from server.metrics import Metrics
+    from server.minutes import MinutesPool
+    from server.realtime import RealtimeService
+    from server.settings import Settings
     from server.subtitle_jobs import SubtitleJobs
+    from server.transcription import TranscriptionService
+    from server.tts_service import TtsService
+    from server.warmup import Readiness
 
-    state.subtitle_jobs = SubtitleJobs(state)
-    services.add(state.subtitle_jobs)
-    return services
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    device: str  # resolved: cpu | cuda
+    db: AsyncEngine
+    catalog: Catalog
+    models: ModelProvider
+    metrics: Metrics
+    accounts: AccountService
+    minutes: MinutesPool
+    admin_sessions: AdminSessions
+    capabilities: Capabilities
+    transcription: TranscriptionService
+    tts: TtsService
+    subtitle_jobs: SubtitleJobs
+    realtime: RealtimeService
+    readiness: Readiness  # /healthz says ready once the warm-up is done
+
+
+def services_of(app: Starlette) -> Services:
+    """The services of a Starlette app whose lifespan is running (tests reach them this way too)."""
+    found = getattr(app.state, "services", None)
+    if not isinstance(found, Services):
+        raise RuntimeError("the app's lifespan has not started: no services yet")
+    return found
+
+
+def services(conn: HTTPConnection) -> Services:
+    """For routes: the services of the app serving this request or WebSocket."""
+    return services_of(conn.app)

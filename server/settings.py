@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from models.catalog import DEFAULT_DATA_DIR, resolve_models_dir
 
 
 def _parse_bool(value: str) -> bool:
@@ -26,7 +28,7 @@ def _parse_bool(value: str) -> bool:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
-    data_dir: Path = Path("./data")
+    data_dir: Path = DEFAULT_DATA_DIR
     database_url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/speech7.db
     admin_key: str = ""  # empty: a key is generated on first start and printed once
     device: str = "auto"  # auto | cpu | cuda
@@ -58,7 +60,6 @@ class Settings:
     job_stale_seconds: float = 120.0  # a processing job whose heartbeat is older than this is re-queued
     realtime_max_sessions: int = 64
     realtime_decode_interval_s: float = 0.0  # 0: 0.5 s on CPU, 0.3 s on CUDA (see realtime_config)
-    preload_models: bool = False
     # Load and run the default STT model and TTS voice at start; /healthz says 503 "starting" until done.
     warmup: bool = True
     log_level: str = "info"
@@ -68,11 +69,10 @@ class Settings:
     # account whose API key is wyoming_api_key; the server refuses to start with a URI and no valid key.
     wyoming_uri: str = ""
     wyoming_api_key: str = ""
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def resolved_models_dir(self) -> Path:
-        return Path(self.models_dir) if self.models_dir else Path(self.data_dir) / "models"
+        return resolve_models_dir(self.models_dir, self.data_dir)
 
     @property
     def resolved_database_url(self) -> str:
@@ -93,8 +93,6 @@ class Settings:
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get("S7_" + f.name.upper())
             if raw is None:
                 continue

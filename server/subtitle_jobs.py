@@ -20,15 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.accounts import Account
+from engines.types import EngineError
+from server.accounts import Account, AccountService
+from server.capabilities import Capabilities
 from server.db import subtitle_jobs as jobs_t
 from server.db import usage as usage_t
+from server.engine_errors import api_error
 from server.errors import ApiError, not_found, unprocessable
 from server.minutes import MinutesPool, quantize_minutes
 from server.security import new_id
+from server.settings import Settings
 from server.stt_options import SttOptions
 from server.subtitle_render import SubtitleFormat, render
+from server.transcription import TranscriptionService
 from server.uploads import UploadedMedia
 
 log = logging.getLogger("speech7.jobs")
@@ -67,32 +73,32 @@ def claimable(now: float, stale_seconds: float) -> Any:
 
 
 class SubtitleJobs:
-    def __init__(self, state: Any) -> None:
-        self._state = state
-        self._dir = Path(state.settings.data_dir) / "jobs"
+    def __init__(
+        self, *, settings: Settings, jobs_dir: Path, db: AsyncEngine, minutes: MinutesPool, accounts: AccountService,
+        capabilities: Capabilities, transcription: TranscriptionService,
+    ) -> None:
+        self._settings = settings
+        self._dir = jobs_dir
+        self.db = db
+        self.minutes = minutes
+        self._accounts = accounts
+        self._capabilities = capabilities
+        self._transcription = transcription
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
 
-    @property
-    def db(self) -> Any:
-        return self._state.db
-
-    @property
-    def minutes(self) -> MinutesPool:
-        return self._state.minutes
-
     # ------------------------------------------------------------------ API side
     async def create(self, account: Account, media: UploadedMedia, options: SttOptions, fmt: SubtitleFormat) -> dict[str, Any]:
-        from engines.audio import EngineError, probe_duration
+        from engines.audio import probe_duration
 
         # Refused now rather than failing later in the worker (the same checks /stt makes).
-        self._state.capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
+        self._capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         try:
             duration = await asyncio.to_thread(probe_duration, media.path)
         except EngineError as exc:
-            raise unprocessable(str(exc), code="undecodable_media") from None
+            raise api_error(exc, (422, "undecodable_media")) from None
         if duration <= 0:
             raise unprocessable("The media has no audio", code="empty_media")
         job_id = new_id("sub")
@@ -110,7 +116,7 @@ class SubtitleJobs:
                         id=job_id, account_id=account.id, status="queued", progress=0.0, options=json.dumps(opts),
                         upload_name=media.filename[:300], upload_file=upload_file, usage_id=reservation.usage_id,
                         attempts=0, created_at=now, updated_at=now, duration_ms=int(duration * 1000),
-                        expires_at=now + self._state.settings.job_retention_hours * 3600,
+                        expires_at=now + self._settings.job_retention_hours * 3600,
                     )
                 )
         except BaseException:
@@ -156,7 +162,7 @@ class SubtitleJobs:
         `now` (for tests) moves the staleness clock.
         """
         now = time.time() if now is None else now
-        stale = self._state.settings.job_stale_seconds
+        stale = self._settings.job_stale_seconds
         async with self.db.connect() as conn:
             ids = (
                 await conn.execute(
@@ -194,12 +200,12 @@ class SubtitleJobs:
         progress = {"value": 0.0}
         beat = asyncio.ensure_future(self._heartbeat(job_id, progress))
         try:
-            account = await self._state.accounts.get(row["account_id"])
+            account = await self._accounts.get(row["account_id"])
             opts = json.loads(row["options"])
             fmt = SubtitleFormat(**opts.pop("format"))
             options = SttOptions.from_json(json.dumps(opts))
             usage_id = await self._live_reservation(row)
-            transcript = await self._state.transcription.transcribe_file(
+            transcript = await self._transcription.transcribe_file(
                 account, self._dir / row["upload_file"], options, kind="subtitle_job", reference=job_id,
                 progress=lambda f: progress.__setitem__("value", 0.05 + 0.9 * f), reservation_id=usage_id,
             )
@@ -271,13 +277,13 @@ class SubtitleJobs:
 
     async def _heartbeat(self, job_id: str, progress: dict[str, float]) -> None:
         # Often enough for a client's progress bar, and several beats inside the staleness window.
-        interval = max(0.2, min(1.0, self._state.settings.job_stale_seconds / 4))
+        interval = max(0.2, min(1.0, self._settings.job_stale_seconds / 4))
         while True:
             await self._mine(job_id, heartbeat_at=time.time(), progress=progress["value"])
             await asyncio.sleep(interval)
 
     async def _worker(self) -> None:
-        poll = self._state.settings.job_poll_seconds
+        poll = self._settings.job_poll_seconds
         while not self._stopping.is_set():
             try:
                 row = await self.claim()
@@ -320,7 +326,7 @@ class SubtitleJobs:
             return set((await conn.execute(select(jobs_t.c.id))).scalars().all())
 
     def _sweep_orphans(self, now: float, known: set[str]) -> None:
-        cutoff = now - self._state.settings.job_retention_hours * 3600
+        cutoff = now - self._settings.job_retention_hours * 3600
         if not self._dir.is_dir():
             return
         for path in self._dir.iterdir():
@@ -342,7 +348,7 @@ class SubtitleJobs:
                 pass
 
     async def start(self) -> None:
-        for _ in range(max(0, self._state.settings.job_workers)):
+        for _ in range(max(0, self._settings.job_workers)):
             self._tasks.append(asyncio.ensure_future(self._worker()))
         self._tasks.append(asyncio.ensure_future(self._purger()))
 

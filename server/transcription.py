@@ -1,12 +1,12 @@
 """The transcription service behind /stt, /subtitle and subtitle jobs: decode, reserve minutes, run the
 account's STT engine (and the diarizer), post-process with the dictionaries, settle or refund.
 
-Blocking work (decoding, inference) runs in threads; the engines batch across requests on their own.
+`TranscriptionService` does the bookkeeping on the event loop; `SttPipeline` is the blocking part (engine
+protocols only), run on an inference thread. The engines batch across requests on their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -16,19 +16,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engines.assign import Entry, assign_speakers, build_entries, merge_turns
-from engines.frontend import PreparedAudio
+from engines.frontend import MediaFrontend, PreparedAudio
 from engines.types import (
     DiarizationRequest,
     EngineError,
-    ModelMissingError,
+    ModelProvider,
     Segment,
     SttRequest,
     SttResult,
     Word,
 )
 from server.accounts import Account
-from server.errors import ApiError, payment_required, unprocessable
+from server.capabilities import Capabilities
+from server.engine_errors import api_error
+from server.errors import ApiError, payment_required
+from server.inference import Inference
+from server.metrics import Metrics
 from server.minutes import QUANTUM_MINUTES, MinutesPool, Reservation, quantize_minutes
 from server.stt_options import SttOptions, speaker_label
 
@@ -54,27 +60,27 @@ def covered_seconds(balance_minutes: float) -> float:
 
 
 class TranscriptionService:
-    def __init__(self, state: Any) -> None:
-        self._state = state
-
-    @property
-    def minutes(self) -> MinutesPool:
-        return self._state.minutes
+    def __init__(
+        self, *, minutes: MinutesPool, capabilities: Capabilities, pipeline: SttPipeline, inference: Inference,
+        metrics: Metrics, frontend: MediaFrontend, max_audio_hours: float,
+    ) -> None:
+        self.minutes = minutes
+        self._capabilities = capabilities
+        self._pipeline = pipeline
+        self._inference = inference
+        self._metrics = metrics
+        self._frontend = frontend
+        self._max_audio_s = max_audio_hours * 3600.0
 
     async def prepare_media(self, path: Path, cover_s: float) -> PreparedAudio:
         """Decode (at most `cover_s` of audio, and never past the server's cap) and find the speech, in the
         front end's worker processes. Cancelling the caller stops the decoding."""
-        from engines.audio import EmptyMediaError, UndecodableMediaError
         from engines.frontend import MediaTooLongError
 
-        cap_s = self._state.settings.max_audio_hours * 3600.0
+        cap_s = self._max_audio_s
         limit = min(cover_s, cap_s)
         try:
-            return await self._state.frontend.aprepare(path, vad=True, max_seconds=limit)
-        except EmptyMediaError as exc:
-            raise unprocessable(str(exc), code="empty_media") from None
-        except UndecodableMediaError as exc:
-            raise unprocessable(str(exc), code="undecodable_media") from None
+            return await self._frontend.aprepare(path, vad=True, max_seconds=limit)
         except MediaTooLongError:
             if limit < cap_s:
                 raise payment_required(
@@ -83,6 +89,8 @@ class TranscriptionService:
                 ) from None
             raise ApiError(413, "media_too_long", f"The media is longer than this server's limit of "
                            f"{cap_s / 3600:g} hours of audio per request") from None
+        except EngineError as exc:  # undecodable or empty media
+            raise api_error(exc) from None
 
     async def transcribe_file(
         self, account: Account, path: Path, options: SttOptions, *, kind: str, reference: str | None = None,
@@ -92,7 +100,7 @@ class TranscriptionService:
 
         Decoding never goes past what the balance covers (plus, for a subtitle job, what it reserved at
         upload), so a small file that decodes to hours costs a bounded amount of work before the 402."""
-        selection = self._state.capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
+        selection = self._capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         held: Reservation | None = None
         if reservation_id is not None:  # subtitle jobs reserve at upload time and settle here
             held = await self.minutes.get(reservation_id)
@@ -133,30 +141,38 @@ class TranscriptionService:
                     progress(fraction)
 
             try:
-                transcript = await asyncio.to_thread(
-                    self._run, selection.model, prepared, options, report, on_segments
+                transcript = await self._inference.run(
+                    self._pipeline.run, selection.model, prepared, options, report, on_segments
                 )
             except BaseException as exc:
                 stop.set()
                 await self.minutes.refund(reservation, note=f"failed: {type(exc).__name__}")
-                if isinstance(exc, ModelMissingError):
-                    raise ApiError(503, "model_missing", str(exc)) from None
                 if isinstance(exc, EngineError):
-                    raise unprocessable(str(exc), code="engine_error") from None
+                    raise api_error(exc) from None
                 raise
         finally:
             prepared.discard()
         charged = await self.minutes.settle(reservation, cost, audio_seconds=duration, reference=reference)
-        self._state.metrics.add_audio(kind, duration)
+        self._metrics.add_audio(kind, duration)
         return replace(transcript, minutes_used=charged)
 
-    def _run(
-        self, model: str, audio: PreparedAudio, options: SttOptions, progress: Progress | None,
+
+class SttPipeline:
+    """The blocking part of a transcription, through the engine protocols: STT, diarization, dictionaries."""
+
+    def __init__(self, models: ModelProvider, metrics: Metrics | None = None) -> None:
+        self._models = models
+        self._metrics = metrics
+
+    def run(
+        self, model: str, audio: PreparedAudio | np.ndarray, options: SttOptions, progress: Progress | None,
         on_segments: SegmentsFn | None = None,
     ) -> Transcript:
         from engines.terms import correct_terms, correct_timed_words, translated_timed_words
 
-        engine = self._state.models.stt(model)
+        # The front end's decoded upload (read chunk by chunk, speech already found) or an array in memory.
+        prepared = audio if isinstance(audio, PreparedAudio) else None
+        engine = self._models.stt(model)
         stt_share = 0.75 if options.diarize else 1.0
 
         def stt_progress(f: float) -> None:
@@ -170,7 +186,8 @@ class TranscriptionService:
         request = SttRequest(
             audio=audio, language_hints=options.language_hints, language=options.language,
             task=options.task,  # type: ignore[arg-type]
-            word_timestamps=True, terms=steer, speech=audio.speech, group=audio, prompt=options.prompt,
+            word_timestamps=True, terms=steer, speech=prepared.speech if prepared else None, group=audio,
+            prompt=options.prompt,
             on_segments=on_segments,
         )
         result = engine.transcribe(request, stt_progress)
@@ -182,13 +199,17 @@ class TranscriptionService:
             words_by_segment = [correct_timed_words(ws, options.terms) for ws in words_by_segment]
         speakers: tuple[int, ...] = ()
         if options.diarize:
-            diarizer = self._state.models.diarizer()
+            diarizer = self._models.diarizer()
             began = time.perf_counter()
             dres = diarizer.diarize(
-                DiarizationRequest(audio.load(), options.num_speakers, options.min_speakers, options.max_speakers),
+                DiarizationRequest(
+                    prepared.load() if prepared else np.asarray(audio), options.num_speakers, options.min_speakers,
+                    options.max_speakers,
+                ),
                 (lambda f: progress(stt_share + f * (1 - stt_share))) if progress else None,
             )
-            self._state.metrics.observe_stage("diarization", time.perf_counter() - began)
+            if self._metrics is not None:
+                self._metrics.observe_stage("diarization", time.perf_counter() - began)
             flat = [w for ws in words_by_segment for w in ws]
             assigned = assign_speakers(flat, dres.turns)
             it = iter(assigned)
@@ -205,7 +226,7 @@ class TranscriptionService:
             entries = [e if e.words else replace(e, text=correct_terms(e.text, fix)) for e in entries]
         if progress:
             progress(1.0)
-        return Transcript(result, tuple(entries), audio.duration, 0.0, speakers)
+        return Transcript(result, tuple(entries), result.duration, 0.0, speakers)
 
 
 # ---------------------------------------------------------------------- response shapes

@@ -13,25 +13,31 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engines.audio_encoders import StreamEncoder
-from engines.types import EngineError, ModelMissingError, TtsRequest
+from engines.types import AudioChunk, EngineError, ModelProvider, TtsEngine, TtsRequest
 from server.accounts import Account
+from server.capabilities import Capabilities
 from server.db import speeches
+from server.engine_errors import api_error
 from server.errors import ApiError, bad_request, not_found
-from server.minutes import MinutesPool, quantize_minutes
+from server.inference import Inference
+from server.metrics import Metrics
+from server.minutes import MinutesPool, Reservation, quantize_minutes
 from server.security import new_id
 
 log = logging.getLogger("speech7.tts")
 # Makes the client's encoder for the voice's sample rate (engines.audio_encoders.open_encoder); None: the MP3.
 EncoderFactory = Callable[[int], StreamEncoder]
 SPEECH_ID_RE = re.compile(r"^sp_[0-9a-f]{20}$")
+STOP_TIMEOUT_S = 30.0  # shutdown waits this long for clean-ups (a producer ends at its next sentence)
 _END = object()
 
 
@@ -61,57 +67,118 @@ class SpeechRecord:
     row: dict[str, Any]
 
 
+class Background:
+    """Streams in progress and the clean-up tasks that outlive their response (refunds, late settlements)."""
+
+    def __init__(self) -> None:
+        self.streaming = 0
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def track(self, task: asyncio.Future[None] | Coroutine[Any, Any, None]) -> None:
+        t = asyncio.ensure_future(task)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Lets the clean-ups finish (each refunds or stores its speech), cancelling what is still stuck."""
+        if not self._tasks:
+            return
+        _, stuck = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for t in stuck:
+            log.warning("TTS clean-up still running at shutdown; cancelled")
+            t.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+
+
 class TtsService:
-    def __init__(self, state: Any) -> None:
-        self._state = state
-        self._dir = Path(state.settings.data_dir) / "speeches"
-        self._cleanup_tasks: set[asyncio.Task] = set()
-        self._streaming = 0
+    def __init__(
+        self, *, speeches_dir: Path, db: AsyncEngine, minutes: MinutesPool, capabilities: Capabilities,
+        models: ModelProvider, inference: Inference, metrics: Metrics,
+    ) -> None:
+        self._dir = speeches_dir
+        self._db = db
+        self._capabilities = capabilities
+        self._models = models
+        self._jobs = _JobContext(minutes, inference, metrics, Background(), self._insert, self.file_path)
 
     @property
     def streams_in_progress(self) -> int:
         """Responses whose audio is being produced or sent right now (a stream stops counting as soon as it
         completes, fails or notices that its client has gone)."""
-        return self._streaming
-
-    @property
-    def minutes(self) -> MinutesPool:
-        return self._state.minutes
+        return self._jobs.background.streaming
 
     def file_path(self, speech_id: str) -> Path:
         if not SPEECH_ID_RE.match(speech_id):  # ids are ours: nothing user-typed reaches the filesystem
             raise not_found("No such speech")
         return self._dir / f"{speech_id}.mp3"
 
-    async def prepare(self, account: Account, text: str, voice: str | None, speed: float) -> Any:
+    async def prepare(self, account: Account, text: str, voice: str | None, speed: float) -> SpeechJob:
         """Checks engine, loads the voice, reserves minutes: every refusal happens before a byte is sent."""
-        selection = self._state.capabilities.require_tts(account, voice)
+        selection = self._capabilities.require_tts(account, voice)
+        inference = self._jobs.inference
         try:
-            engine = await asyncio.to_thread(self._state.models.tts, selection.model)
-        except ModelMissingError as exc:
-            raise ApiError(503, "model_missing", str(exc)) from None
-        try:  # the engine validates the text when called, so a refusal is a 400 before any byte is sent
-            chunks = await asyncio.to_thread(engine.synthesize, TtsRequest(text, speed))
+            engine = await inference.run(self._models.tts, selection.model)
+            # The engine validates the text when called, so a refusal is a 400 before any byte is sent.
+            chunks = await inference.run(engine.synthesize, TtsRequest(text, speed))
         except EngineError as exc:
-            raise bad_request(str(exc), code="invalid_text") from None
+            raise api_error(exc, (400, "invalid_text")) from None
         speech_id = new_id("sp")
-        reservation = await self.minutes.reserve(
+        reservation = await self._jobs.minutes.reserve(
             account.id, quantize_minutes(estimate_seconds(text, speed)), kind="tts", reference=speech_id
         )
-        return SpeechJob(self, account, engine, chunks, selection.spec, text, speech_id, reservation)
+        return SpeechJob(self._jobs, account, engine, chunks, selection.spec, text, speech_id, reservation)
 
-    def _track(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._cleanup_tasks.add(task)
-        task.add_done_callback(self._cleanup_tasks.discard)
+    async def list_speeches(self, account_id: str, limit: int) -> list[dict[str, Any]]:
+        async with self._db.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(speeches).where(speeches.c.account_id == account_id)
+                    .order_by(speeches.c.created_at.desc()).limit(limit)
+                )
+            ).mappings().all()
+        return [speech_json(r) for r in rows]
+
+    async def get_speech(self, account_id: str, speech_id: str) -> Mapping[Any, Any]:
+        if not SPEECH_ID_RE.match(speech_id):
+            raise not_found("No such speech")
+        async with self._db.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(speeches).where(speeches.c.id == speech_id, speeches.c.account_id == account_id)
+                )
+            ).mappings().first()
+        if row is None:
+            raise not_found("No such speech")
+        return row
+
+    async def stop(self) -> None:
+        """Shutdown: waits for the clean-ups of streams that ended (refunds, stored speeches) to finish."""
+        await self._jobs.background.stop(STOP_TIMEOUT_S)
+
+    async def _insert(self, row: dict[str, Any]) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(speeches.insert().values(**row))
+
+
+@dataclass(frozen=True)
+class _JobContext:
+    """What a SpeechJob needs from its service."""
+
+    minutes: MinutesPool
+    inference: Inference
+    metrics: Metrics
+    background: Background
+    insert: Callable[[dict[str, Any]], Awaitable[None]]
+    file_path: Callable[[str], Path]
 
 
 class SpeechJob:
     """One accepted /tts request: the loaded voice, the pending sentences and the minutes reserved for them."""
 
-    def __init__(self, svc: TtsService, account: Account, engine: Any, chunks: Iterator[Any], spec: str, text: str,
-                 speech_id: str, reservation: Any) -> None:
-        self.svc, self.account, self.engine, self.chunks, self.spec = svc, account, engine, chunks, spec
+    def __init__(self, ctx: _JobContext, account: Account, engine: TtsEngine, chunks: Iterator[AudioChunk], spec: str,
+                 text: str, speech_id: str, reservation: Reservation) -> None:
+        self._ctx = ctx
+        self.account, self.engine, self.chunks, self.spec = account, engine, chunks, spec
         self.text, self.id, self.reservation = text, speech_id, reservation
         self.record: SpeechRecord | None = None
         self._started = False  # stream() ran its first step: from then on its own `finally` owns the cleanup
@@ -123,7 +190,7 @@ class SpeechJob:
         response calls this when it ends, whatever happened, and the reservation cannot leak.
         """
         if not self._started and self.record is None:
-            await self.svc.minutes.refund(self.reservation, note="client disconnected before the audio started")
+            await self._ctx.minutes.refund(self.reservation, note="client disconnected before the audio started")
 
     @property
     def sample_rate(self) -> int:
@@ -145,7 +212,7 @@ class SpeechJob:
         samples = 0
 
         def produce() -> None:
-            # Runs in a thread: synthesis and encoding, one sentence at a time, handed to the event loop.
+            # Runs on an inference thread: synthesis and encoding, one sentence at a time, handed to the loop.
             nonlocal samples
             try:
                 enc = Mp3StreamEncoder(sample_rate)
@@ -167,13 +234,14 @@ class SpeechJob:
                 if not cancel.is_set():
                     asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
 
-        path = self.svc.file_path(self.id)
+        path = self._ctx.file_path(self.id)
         tmp = path.with_name(path.name + ".part")
         path.parent.mkdir(parents=True, exist_ok=True)
         completed = False
-        producer = loop.run_in_executor(None, produce)
+        producer = self._ctx.inference.submit(produce)
         size = 0
-        self.svc._streaming += 1
+        background = self._ctx.background
+        background.streaming += 1
         try:
             with open(tmp, "wb") as fh:
                 while True:
@@ -198,22 +266,22 @@ class SpeechJob:
             try:
                 await asyncio.shield(store)
             except asyncio.CancelledError:
-                self.svc._track(store)
+                background.track(store)
                 raise
             except BaseException:
                 completed = False  # the database failed: nothing is kept, the reservation goes back
                 path.unlink(missing_ok=True)
                 raise
         finally:
-            self.svc._streaming -= 1
+            background.streaming -= 1
             if not completed:
                 cancel.set()
                 # Drain so a producer blocked on a full queue can see the cancel flag and exit.
                 while not queue.empty():
                     queue.get_nowait()
-                self.svc._track(self._abort(tmp, producer, queue))
+                background.track(self._abort(tmp, producer, queue))
 
-    async def _abort(self, tmp: Path, producer: Any, queue: asyncio.Queue) -> None:
+    async def _abort(self, tmp: Path, producer: asyncio.Future[None], queue: asyncio.Queue) -> None:
         async def drain() -> None:
             while True:
                 await queue.get()
@@ -225,10 +293,10 @@ class SpeechJob:
             pass
         drainer.cancel()
         tmp.unlink(missing_ok=True)
-        await self.svc.minutes.refund(self.reservation, note="synthesis failed or client disconnected")
+        await self._ctx.minutes.refund(self.reservation, note="synthesis failed or client disconnected")
 
     async def _store(self, tmp: Path, path: Path, duration: float, size: int) -> None:
-        charged = await self.svc.minutes.settle(
+        charged = await self._ctx.minutes.settle(
             self.reservation, quantize_minutes(duration), audio_seconds=duration, reference=self.id
         )
         tmp.replace(path)
@@ -237,9 +305,8 @@ class SpeechJob:
             "words": count_words(self.text), "duration_ms": int(round(duration * 1000)), "minutes_used": charged,
             "engine": self.spec, "file_name": path.name, "size_bytes": size, "created_at": time.time(),
         }
-        async with self.svc._state.db.begin() as conn:
-            await conn.execute(speeches.insert().values(**row))
-        self.svc._state.metrics.add_audio("tts", duration)
+        await self._ctx.insert(row)
+        self._ctx.metrics.add_audio("tts", duration)
         self.record = SpeechRecord(self.id, row)
 
     async def run_to_end(self) -> SpeechRecord:
@@ -264,28 +331,3 @@ def speech_json(row: Any, *, full_text: bool = False) -> dict[str, Any]:
         "sizeBytes": row["size_bytes"],
         "audioPath": f"/speeches/{row['id']}?download=1",
     }
-
-
-async def list_speeches(db: Any, account_id: str, limit: int) -> list[dict[str, Any]]:
-    async with db.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(speeches).where(speeches.c.account_id == account_id)
-                .order_by(speeches.c.created_at.desc()).limit(limit)
-            )
-        ).mappings().all()
-    return [speech_json(r) for r in rows]
-
-
-async def get_speech(db: Any, account_id: str, speech_id: str) -> Any:
-    if not SPEECH_ID_RE.match(speech_id):
-        raise not_found("No such speech")
-    async with db.connect() as conn:
-        row = (
-            await conn.execute(
-                select(speeches).where(speeches.c.id == speech_id, speeches.c.account_id == account_id)
-            )
-        ).mappings().first()
-    if row is None:
-        raise not_found("No such speech")
-    return row

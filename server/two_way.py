@@ -8,14 +8,15 @@ CTranslate2 model serves the pair; other directions need a CTranslate2 model (en
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from engines.types import SAMPLE_RATE, StreamUpdate, SttRequest, TranslationRequest
+from engines.types import SAMPLE_RATE, StreamUpdate, SttEngine, SttRequest, TranslationRequest, Translator
+from server.inference import Inference
 
 log = logging.getLogger("speech7.two_way")
 KEEP_AUDIO_S = 120.0
@@ -46,9 +47,16 @@ def pick_language(token_language: str | None, a: str, b: str, fallback: str) -> 
 
 
 class TwoWay:
-    def __init__(self, state: Any, engine: Any, a: str, b: str, terms: tuple[tuple[str, str], ...]) -> None:
-        self.state = state
+    """`translator` loads the CT2 translator on first use; `pairs` are the directions it serves."""
+
+    def __init__(
+        self, engine: SttEngine, translator: Callable[[], Translator], pairs: Collection[tuple[str, str]], a: str,
+        b: str, terms: tuple[tuple[str, str], ...], inference: Inference,
+    ) -> None:
         self.engine = engine
+        self._translator = translator
+        self._pairs = frozenset(pairs)
+        self._inference = inference
         self.a, self.b = a, b
         self.panes = {a: Pane(a), b: Pane(b)}
         self.terms = terms
@@ -56,7 +64,6 @@ class TwoWay:
         self.last_language = a
         self._audio = np.zeros(0, dtype=np.float32)
         self._audio_start = 0  # absolute sample index of self._audio[0]
-        self._pairs: set[tuple[str, str]] | None = None
 
     def add_audio(self, pcm: np.ndarray) -> None:
         self._audio = np.concatenate([self._audio, pcm.astype(np.float32, copy=False)])
@@ -105,7 +112,7 @@ class TwoWay:
             return
         target = self.b if p.language == self.a else self.a
         try:
-            text = await asyncio.to_thread(self._translate, p, target)
+            text = await self._inference.run(self._translate, p, target)
         except Exception:
             log.exception("translation %s->%s failed", p.language, target)
             return
@@ -114,10 +121,8 @@ class TwoWay:
             pane.final.append((" " if pane.final else "") + text.strip())
 
     def _translate(self, p: Pending, target: str) -> str | None:
-        if self._pairs is None:
-            self._pairs = {tuple(x) for x in self.state.capabilities.translation_pairs()}  # type: ignore[misc]
         if (p.language, target) in self._pairs:
-            res = self.state.models.translator().translate(
+            res = self._translator().translate(
                 TranslationRequest((p.text.strip(),), p.language, target, self.terms)
             )
             return res.texts[0]

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engines.manager import ModelManager
-from engines.types import SAMPLE_RATE, TtsRequest
+from engines.types import SAMPLE_RATE, ModelProvider, TtsRequest
 from server.engine_specs import parse_spec
 from server.settings import Settings
 
@@ -29,7 +28,7 @@ class Readiness:
     errors: list[str] = field(default_factory=list)  # models that could not be warmed (the server still runs)
 
 
-def _warm(models: ModelManager, settings: Settings, readiness: Readiness) -> None:
+def _warm(models: ModelProvider, settings: Settings, readiness: Readiness) -> None:
     engine, model = parse_spec(settings.default_stt)
     if engine == "whisper" and model:
         try:
@@ -50,7 +49,7 @@ def _warm(models: ModelManager, settings: Settings, readiness: Readiness) -> Non
             readiness.errors.append(f"{settings.default_tts}: {exc}")
 
 
-async def warm_up(models: ModelManager, settings: Settings, readiness: Readiness) -> None:
+async def warm_up(models: ModelProvider, settings: Settings, readiness: Readiness) -> None:
     began = time.perf_counter()
     await asyncio.to_thread(_warm, models, settings, readiness)
     readiness.seconds = time.perf_counter() - began

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +15,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
-from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -49,48 +44,23 @@ class LiveServer:
     log: Path
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)  # readiness poll of a starting subprocess, not a timing assumption in a test
-    pytest.fail(f"server not healthy after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
 @contextmanager
 def serve(data: Path, models_root: Path) -> Iterator[LiveServer]:
     """`speech7 serve` on a free port with a fresh data dir, and a user account on Whisper tiny.en."""
+    from server.launcher import running_process
+
     log = data / "server.log"
-    port = free_port()
     env = {
-        **os.environ, "S7_PORT": str(port), "S7_HOST": "127.0.0.1", "S7_DATA_DIR": str(data),
-        "S7_ADMIN_KEY": ADMIN_KEY, "S7_MODELS_DIR": str(models_root), "HF_HUB_OFFLINE": "1",
+        "S7_DATA_DIR": str(data), "S7_ADMIN_KEY": ADMIN_KEY, "S7_MODELS_DIR": str(models_root), "HF_HUB_OFFLINE": "1",
         "S7_JOB_POLL_SECONDS": "0.2",
     }
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(url, proc, log)
+    with running_process(env, log=log, timeout_s=SERVER_START_TIMEOUT_S) as server:
         r = httpx.post(
-            f"{url}/accounts", headers={"x-api-key": ADMIN_KEY}, timeout=30,
+            f"{server.url}/accounts", headers={"x-api-key": ADMIN_KEY}, timeout=30,
             json={"startingMinutes": 30, "companyName": "Browser Co", "contactName": "Tess Tester", "sttApiKey": "whisper:tiny.en"},
         )
         assert r.status_code == 201, r.text
-        yield LiveServer(url, ADMIN_KEY, r.json()["apiKey"], log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield LiveServer(server.url, ADMIN_KEY, r.json()["apiKey"], log)
 
 
 def fake_mic_wav(path: Path, testdata: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -91,6 +90,12 @@ class Api:
         self.client = client
         self.settings = settings
 
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        from server.services import services_of
+
+        return services_of(self.app)
+
     async def account(self, **fields):  # type: ignore[no-untyped-def]
         body = {"apiKey": ADMIN_KEY, "startingMinutes": 10, **fields}
         r = await self.client.post("/accounts", json=body)
@@ -132,6 +137,12 @@ class LiveServer:
         self.ws_url = url.replace("http://", "ws://")
         self.settings = settings
 
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        from server.services import services_of
+
+        return services_of(self.app)
+
     def account(self, **fields) -> dict:  # type: ignore[no-untyped-def]
         import httpx
 
@@ -145,55 +156,16 @@ class LiveServer:
         return httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": key}, timeout=30).json()["minutesRemaining"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_in_thread(settings):  # type: ignore[no-untyped-def]
-    """The real app under uvicorn in a thread (HTTP streaming and WebSockets behave as in production);
-    yields (app, url) once /healthz answers."""
-    import threading
-    import time
-
-    import httpx
-    import uvicorn
-
-    from server.app import create_app
-
-    port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        pytest.fail("live server did not start")
-    try:
-        yield app, url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
+    from server.app import create_app
+    from server.launcher import serve_in_thread
     from server.settings import Settings
 
     settings = Settings(
         warmup=False, data_dir=tmp_path_factory.mktemp("live") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
         job_poll_seconds=0.2,
     )
-    with serve_in_thread(settings) as (app, url):
-        yield LiveServer(app, url, settings)
+    app = create_app(settings)
+    with serve_in_thread(app) as server:
+        yield LiveServer(app, server.url, settings)

@@ -126,9 +126,10 @@ def run_session(
     messages: list[dict] = []
     url = f"{server.ws_url}?apiKey={key}" if key_in_url else server.ws_url
     with connect(url, proxy=None, max_queue=None, open_timeout=30) as ws:
-        ws.send(config if isinstance(config, str) else json.dumps(config))
         start = time.monotonic()
         try:
+            # A refused key may close the socket before the config is even sent: that is inside the try too.
+            ws.send(config if isinstance(config, str) else json.dumps(config))
             for i, chunk in enumerate(chunks):
                 if pace_s:
                     time.sleep(max(0.0, start + i * pace_s - time.monotonic()))

@@ -88,7 +88,7 @@ async def test_keys_are_stored_hashed(api):
     from server.db import accounts
 
     acc = await api.account()
-    async with api.app.state.db.connect() as conn:
+    async with api.services.db.connect() as conn:
         rows = (await conn.execute(select(accounts))).mappings().all()
     stored = {r["key_hash"] for r in rows}
     assert acc["apiKey"] not in str([dict(r) for r in rows])
@@ -186,6 +186,7 @@ async def test_admin_web_session_with_csrf(api):
 
 async def test_admin_created_on_first_start_and_printed_when_generated(tmp_path, models_root, capsys):
     from server.app import create_app
+    from server.services import services_of
     from server.settings import Settings
 
     app = create_app(Settings(warmup=False, data_dir=tmp_path / "d", models_dir=models_root))
@@ -196,6 +197,6 @@ async def test_admin_created_on_first_start_and_printed_when_generated(tmp_path,
     key = out.split("(shown once): ")[1].split()[0]
     app = create_app(Settings(warmup=False, data_dir=tmp_path / "d", models_dir=models_root))
     async with app.router.lifespan_context(app):  # second start: nothing new printed, the key still works
-        account = await app.state.accounts.authenticate(key)
+        account = await services_of(app).accounts.authenticate(key)
         assert account is not None and account.is_admin
     assert "shown once" not in capsys.readouterr().out

@@ -48,14 +48,14 @@ async def test_two_servers_share_accounts_and_never_overdraw(
         # The key created on one server authenticates on the other; only its hash is stored.
         caps = (await b.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"]})).json()
         assert caps["minutesRemaining"] == 3.0 and caps["stt"]["model"] == "tiny.en"
-        async with a.app.state.db.connect() as conn:
+        async with a.services.db.connect() as conn:
             dump = " ".join(str(row) for row in (await conn.exec_driver_sql("select * from accounts")).all())
         assert acc["apiKey"] not in dump
         bad = await b.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"] + "x"})
         assert bad.status_code == 401
 
         # 20 reservations of 0.5 min from both servers at once against a balance of 3: exactly 6 succeed.
-        pools = [a.app.state.minutes, b.app.state.minutes]
+        pools = [a.services.minutes, b.services.minutes]
         results = await asyncio.gather(
             *[pools[i % 2].reserve(acc["id"], 0.5, kind="stt") for i in range(20)], return_exceptions=True
         )

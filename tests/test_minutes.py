@@ -18,7 +18,7 @@ def test_quantize(seconds, minutes):
 
 async def test_concurrent_reservations_never_overdraw(api):
     acc = await api.account(startingMinutes=3)
-    pool = api.app.state.minutes
+    pool = api.services.minutes
     results = await asyncio.gather(
         *[pool.reserve(acc["id"], 0.5, kind="stt") for _ in range(20)], return_exceptions=True
     )
@@ -31,7 +31,7 @@ async def test_concurrent_reservations_never_overdraw(api):
 
 async def test_settle_refund_and_ledger(api):
     acc = await api.account(startingMinutes=5)
-    pool = api.app.state.minutes
+    pool = api.services.minutes
     r1 = await pool.reserve(acc["id"], 2.0, kind="tts", reference="a")
     assert await pool.settle(r1, 1.0) == 1.0
     r2 = await pool.reserve(acc["id"], 1.0, kind="stt", reference="b")
@@ -48,5 +48,5 @@ async def test_settle_refund_and_ledger(api):
 async def test_out_of_minutes_is_402_with_message(api):
     acc = await api.account(startingMinutes=0)
     with pytest.raises(Exception) as info:
-        await api.app.state.minutes.reserve(acc["id"], 0.5, kind="stt")
+        await api.services.minutes.reserve(acc["id"], 0.5, kind="stt")
     assert info.value.status == 402 and "Not enough minutes" in info.value.message

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
+from models.catalog import models_dir_from_env
 from server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,9 +87,12 @@ def test_scripts_are_executable_and_in_readme():
 
 def test_settings_from_env():
     s = Settings.from_env({"S7_PORT": "9000", "S7_DEVICE": "cpu", "S7_STT_MAX_UPLOAD_MB": "5", "S7_DEVICE_INDEX": "0,1",
-                           "S7_PRELOAD_MODELS": "true", "S7_DATA_DIR": "/x"})
-    assert (s.port, s.device, s.stt_max_upload_bytes, s.device_index, s.preload_models) == (9000, "cpu", 5 << 20, (0, 1), True)
+                           "S7_BATCH_WINDOW_MS": "2.5", "S7_DATA_DIR": "/x"})
+    assert (s.port, s.device, s.stt_max_upload_bytes, s.device_index, s.batch_window_ms) == (9000, "cpu", 5 << 20, (0, 1), 2.5)
     assert s.resolved_database_url.startswith("sqlite+aiosqlite:////x/")
+    # scripts/models finds the models where the server does, without importing the server.
+    for env in ({"S7_DATA_DIR": "/x"}, {"S7_DATA_DIR": "/x", "S7_MODELS_DIR": "/m"}, {}):
+        assert models_dir_from_env(env) == Settings.from_env(env).resolved_models_dir
     d = Settings.from_env({})
     assert (d.host, d.port, d.stt_max_upload_mb, d.subtitle_max_upload_mb) == ("127.0.0.1", 8080, 200.0, 25.0)
     try:
@@ -97,3 +101,22 @@ def test_settings_from_env():
         assert "S7_PORT" in str(exc)
     else:
         raise AssertionError("a bad number must be refused")
+
+
+def test_layers_import_only_downwards():
+    """scripts -> server -> models -> engines (docs/architecture.md): no module imports a layer above its own,
+    and the engines never see Starlette."""
+    import ast
+
+    banned = {"engines": {"server", "models", "scripts", "starlette"}, "models": {"server", "scripts", "starlette"},
+              "server": {"scripts"}}
+    for package, above in banned.items():
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module or ""]
+                else:
+                    continue
+                assert not [n for n in names if n.split(".")[0] in above], f"{path.relative_to(REPO)} imports {names}"

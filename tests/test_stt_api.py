@@ -135,20 +135,6 @@ async def test_real_mp4_video(api, testdata: Path) -> None:  # type: ignore[no-u
 # ---------------------------------------------------------------- errors: each one free of charge
 
 
-async def test_authentication(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
-    clip = testdata / "en" / "LJ001-0002.wav"
-    assert error_of(await post_stt(api, None, clip), 401)["code"] == "unauthorized"
-    assert error_of(await post_stt(api, "s7_not_a_key", clip), 401)["code"] == "unauthorized"
-    key = await account(api)
-    # The key may also come as an `apiKey` form field or a query parameter.
-    r = await post_stt(api, None, clip, apiKey=key)
-    assert r.status_code == 200, r.text and "modern" in words_of(r.json()["text"])
-    with open(clip, "rb") as fh:
-        r = await api.client.post(f"/stt?apiKey={key}", files={"audio": (clip.name, fh, "audio/wav")})
-    assert r.status_code == 200, r.text
-    assert leftover_uploads(api) == []
-
-
 async def test_unsupported_and_missing_media(api, media_dir: Path, testdata: Path) -> None:  # type: ignore[no-untyped-def]
     key = await account(api)
     err = error_of(await post_stt(api, key, media_dir / "notes.txt", "text/plain"), 415)

@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,8 +22,9 @@ from sqlalchemy import select
 
 from server.db import subtitle_jobs as jobs_t
 from server.db import usage as usage_t
+from server.launcher import running_process
 from server.settings import Settings
-from tests.conftest import ADMIN_KEY, REPO, Api, free_port
+from tests.conftest import ADMIN_KEY, Api
 from tests.pg import PgCluster, pg_cluster
 from tests.test_subtitle_api import check_cues, parse_subtitles, words_of
 
@@ -74,13 +72,13 @@ async def wait_for(client: httpx.AsyncClient, key: str, job_id: str, states: set
 
 
 async def job_rows(api: Api) -> dict[str, dict]:
-    async with api.app.state.db.connect() as conn:
+    async with api.services.db.connect() as conn:
         rows = (await conn.execute(select(jobs_t))).mappings().all()
     return {r["id"]: dict(r) for r in rows}
 
 
 async def ledger(api: Api, reference: str) -> list[tuple[str, float]]:
-    async with api.app.state.db.connect() as conn:
+    async with api.services.db.connect() as conn:
         rows = (
             await conn.execute(select(usage_t.c.status, usage_t.c.minutes).where(usage_t.c.reference == reference).order_by(usage_t.c.id))
         ).all()
@@ -128,7 +126,7 @@ async def test_job_lifecycle(tmp_path: Path, models_root: Path, testdata: Path) 
         assert (await c.get("/subtitle/jobs/sub_nope", headers={"x-api-key": key})).status_code == 404
         assert (await c.get(f"/subtitle/jobs/{job_id}")).status_code == 401
 
-        jobs = api.app.state.subtitle_jobs
+        jobs = api.services.subtitle_jobs
         row = await jobs.claim()
         assert row is not None and row["id"] == job_id
         assert await jobs.claim() is None  # nothing else to take: a claimed job is not handed out twice
@@ -193,7 +191,7 @@ async def test_failed_job_reports_reason_and_refunds(tmp_path: Path, models_root
         # Between upload and processing the admin switches speech-to-text off for the account.
         r = await c.patch(f"/accounts/{acct['id']}", json={"apiKey": ADMIN_KEY, "sttApiKey": "off"})
         assert r.status_code == 200, r.text
-        jobs = api.app.state.subtitle_jobs
+        jobs = api.services.subtitle_jobs
         await jobs.run_one(await jobs.claim())
         view = await status(c, key, job_id)
         assert view["status"] == "failed", view
@@ -246,7 +244,7 @@ async def test_restart_after_worker_is_stopped_mid_job(tmp_path: Path, models_ro
     settings = base_settings(tmp_path / "data", models_root)
     inside, release = threading.Event(), threading.Event()
     async with running_app(settings) as api:
-        models = api.app.state.models
+        models = api.services.models
         real_stt = models.stt
 
         def held_stt(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -280,43 +278,22 @@ async def test_restart_after_worker_is_stopped_mid_job(tmp_path: Path, models_ro
         assert await ledger(api, job_id) == [("refunded", 0.5), ("settled", 0.5)]
 
 
-@contextlib.contextmanager
-def server_process(data_dir: Path, models_root: Path, port: int) -> Iterator[subprocess.Popen]:
-    env = {
-        **os.environ, "S7_DATA_DIR": str(data_dir), "S7_ADMIN_KEY": ADMIN_KEY, "S7_MODELS_DIR": str(models_root),
-        "S7_PORT": str(port), "S7_DEVICE": "cpu", "S7_JOB_STALE_SECONDS": "2", "S7_JOB_POLL_SECONDS": "0.1",
-        "S7_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-
-
 async def test_restart_after_sigkill_mid_job(tmp_path: Path, models_root: Path, long_clip: Path) -> None:
     """The server process is killed with SIGKILL while a job runs: its heartbeat stops, and a new server on
     the same database and data directory takes the job over and completes it."""
-    data_dir, port = tmp_path / "data", free_port()
-    url = f"http://127.0.0.1:{port}"
-    with server_process(data_dir, models_root, port) as proc:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await c.get("/healthz")).status_code == 200:
-                        break
-                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                await asyncio.sleep(0.1)
+    data_dir = tmp_path / "data"
+    env = {
+        "S7_DATA_DIR": str(data_dir), "S7_ADMIN_KEY": ADMIN_KEY, "S7_MODELS_DIR": str(models_root), "S7_DEVICE": "cpu",
+        "S7_JOB_STALE_SECONDS": "2", "S7_JOB_POLL_SECONDS": "0.1", "S7_LOG_LEVEL": "warning",
+    }
+    with running_process(env) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
             r = await c.post("/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 10, "sttApiKey": "whisper:tiny.en"})
             key = r.json()["apiKey"]
             job_id = (await submit(c, key, long_clip))["id"]
             view = await wait_for(c, key, job_id, {"processing", "completed", "failed"})
             assert view["status"] == "processing", f"the job finished before the test could kill the server: {view}"
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            server.kill()
     settings = base_settings(data_dir, models_root, job_stale_seconds=2.0)
     async with running_app(settings.with_(job_workers=0)) as api:
         row = (await job_rows(api))[job_id]
@@ -325,7 +302,7 @@ async def test_restart_after_sigkill_mid_job(tmp_path: Path, models_root: Path, 
         view = await wait_for(api.client, key, job_id, {"completed", "failed"})
         assert view["status"] == "completed", view
         row = (await job_rows(api))[job_id]
-        assert row["attempts"] == 2 and row["worker_id"] == api.app.state.subtitle_jobs.worker_id
+        assert row["attempts"] == 2 and row["worker_id"] == api.services.subtitle_jobs.worker_id
         r = await api.client.get(view["downloadUrl"], headers={"x-api-key": key})
         check_cues(parse_subtitles(r.text), 70, 2)
         assert await api.minutes(key) == pytest.approx(9.0)  # the reservation taken at upload, settled once
@@ -340,7 +317,7 @@ async def test_jobs_and_files_are_purged_after_24_hours(tmp_path: Path, models_r
         c = api.client
         key = (await api.account(sttApiKey="whisper:tiny.en"))["apiKey"]
         done = (await submit(c, key, testdata / "en" / "LJ001-0002.wav"))["id"]
-        jobs = api.app.state.subtitle_jobs
+        jobs = api.services.subtitle_jobs
         await jobs.run_one(await jobs.claim())
         waiting = (await submit(c, key, testdata / "en" / "LJ001-0008.wav"))["id"]
         assert (await status(c, key, done))["status"] == "completed"
@@ -391,7 +368,7 @@ async def test_concurrent_claims_on_postgres_take_each_job_once(tmp_path: Path, 
         claimed: list[tuple[str, str]] = []
 
         async def claimer(api: Api) -> None:
-            jobs = api.app.state.subtitle_jobs
+            jobs = api.services.subtitle_jobs
             while (row := await jobs.claim()) is not None:
                 claimed.append((row["id"], jobs.worker_id))
 
@@ -409,7 +386,7 @@ async def test_two_servers_on_postgres_run_every_job_exactly_once(tmp_path: Path
     runs: list[tuple[str, str]] = []
     async with running_app(settings) as a, running_app(settings) as b:
         for api, name in ((a, "a"), (b, "b")):
-            service = api.app.state.transcription
+            service = api.services.transcription
             original = service.transcribe_file
 
             async def counted(*args, _orig=original, _name=name, **kw):  # type: ignore[no-untyped-def]

@@ -1,8 +1,8 @@
 """The OpenAI-compatible audio API under /v1: transcriptions, translations, speech, models.
 
 A second front door to the same services, accounts, keys and minutes as the Speech7 API; only the request
-parsing, the response shapes and the error shape differ. Module map: `deps` (where the services come
-from), `auth` (Bearer keys), `errors` (OpenAI's error shape), `models` (model and voice names, GET
+parsing, the response shapes and the error shape differ. Module map (the services come from
+`server.services`): `auth` (Bearer keys), `errors` (OpenAI's error shape), `models` (model and voice names, GET
 /v1/models), `transcriptions` + `transcript_stream` + `formats`, `speech`.
 """
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from server.accounts import Account, ensure_active
-from server.openai_api.deps import OpenAIDeps
 from server.openai_api.errors import OpenAIError
+from server.services import Services
 
 
 def api_key(request: Request) -> str | None:
@@ -19,7 +19,7 @@ def api_key(request: Request) -> str | None:
     return header or None
 
 
-async def require_account(request: Request, deps: OpenAIDeps) -> Account:
+async def require_account(request: Request, deps: Services) -> Account:
     key = api_key(request)
     if key is None:
         raise OpenAIError(

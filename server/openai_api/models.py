@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from server.openai_api.auth import require_account
-from server.openai_api.deps import OpenAIDeps, deps
 from server.openai_api.errors import OpenAIError, invalid, openai_endpoint
+from server.services import Services, services
 
 STT_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "whisper")
 TTS_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "piper")
@@ -80,7 +80,7 @@ def tts_voice(model: Any, voice: Any, installed: Sequence[str]) -> str | None:
     )
 
 
-def model_list(d: OpenAIDeps) -> list[dict[str, Any]]:
+def model_list(d: Services) -> list[dict[str, Any]]:
     """Installed engines first (their ids are what `model` accepts), then OpenAI's names that map to them."""
 
     def entry(model_id: str, path: Any = None) -> dict[str, Any]:
@@ -98,14 +98,14 @@ def model_list(d: OpenAIDeps) -> list[dict[str, Any]]:
 
 @openai_endpoint
 async def list_models(request: Request) -> JSONResponse:
-    d = deps(request)
+    d = services(request)
     await require_account(request, d)
     return JSONResponse({"object": "list", "data": model_list(d)})
 
 
 @openai_endpoint
 async def get_model(request: Request) -> JSONResponse:
-    d = deps(request)
+    d = services(request)
     await require_account(request, d)
     wanted = request.path_params["model_id"]
     for m in model_list(d):

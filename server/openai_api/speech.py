@@ -24,10 +24,10 @@ from engines.piper_tts import MAX_SPEED, MIN_SPEED
 from server.auth import read_json
 from server.errors import ApiError
 from server.openai_api.auth import require_account
-from server.openai_api.deps import deps
 from server.openai_api.errors import OpenAIError, invalid, openai_endpoint
 from server.openai_api.models import tts_voice
 from server.routes.tts import SpeechStreamResponse
+from server.services import services
 from server.tts_service import validate_text
 
 
@@ -46,7 +46,7 @@ def parse_speed(value: Any) -> float:
 
 @openai_endpoint
 async def speech(request: Request) -> Response:
-    d = deps(request)
+    d = services(request)
     account = await require_account(request, d)
     body = await read_json(request)
     try:

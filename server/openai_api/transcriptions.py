@@ -17,11 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.openai_api.auth import require_account
-from server.openai_api.deps import deps
 from server.openai_api.errors import OpenAIError, invalid, openai_endpoint
 from server.openai_api.formats import RESPONSE_FORMATS, render_response
 from server.openai_api.models import stt_model
 from server.openai_api.transcript_stream import stream_transcript
+from server.services import services
 from server.stt_options import LANG_RE, SttOptions
 from server.uploads import receive_media
 
@@ -81,7 +81,7 @@ def parse_request(
 
 
 async def _handle(request: Request, task: str) -> Response:
-    d = deps(request)
+    d = services(request)
     account = await require_account(request, d)
     upload = await receive_media(
         request, tmp_dir=Path(d.settings.data_dir) / "tmp", limit_bytes=d.settings.stt_max_upload_bytes,

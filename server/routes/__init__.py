@@ -1,4 +1,4 @@
-"""All routes. Each feature module parses and validates, calls a service on `app.state`, maps the result."""
+"""All routes. Each feature module parses and validates, calls a service from `services(request)`, maps the result."""
 
 from __future__ import annotations
 

@@ -9,11 +9,11 @@ from starlette.routing import Route
 from server.accounts import AccountService
 from server.auth import read_json, require_account, require_admin
 from server.errors import bad_request
-from server.minutes import MinutesPool
+from server.services import services
 
 
 def _service(request: Request) -> AccountService:
-    return request.app.state.accounts
+    return services(request).accounts
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -60,7 +60,7 @@ async def add_minutes(request: Request) -> JSONResponse:
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes != minutes or abs(minutes) > 1e9:
         raise bad_request("minutes must be a number (negative to deduct)")
     await _service(request).get(account_id)
-    pool: MinutesPool = request.app.state.minutes
+    pool = services(request).minutes
     note = body.get("note") if isinstance(body.get("note"), str) else None
     balance = await pool.credit(account_id, float(minutes), note=note)
     return JSONResponse({"id": account_id, "minutes": balance})

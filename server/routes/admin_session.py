@@ -10,12 +10,12 @@ from starlette.routing import Route
 from server.auth import (
     SESSION_COOKIE,
     SESSION_TTL_S,
-    AdminSessions,
     read_json,
     require_account,
     require_admin,
 )
 from server.errors import forbidden
+from server.services import services
 
 
 async def login(request: Request) -> JSONResponse:
@@ -23,7 +23,7 @@ async def login(request: Request) -> JSONResponse:
     account = await require_account(request, body)
     if not account.is_admin:
         raise forbidden("Only admin API keys can sign in to the admin area")
-    sessions: AdminSessions = request.app.state.admin_sessions
+    sessions = services(request).admin_sessions
     token = sessions.issue(account.id)
     resp = JSONResponse({"accountId": account.id, "csrfToken": sessions.csrf_token(token)})
     resp.set_cookie(
@@ -35,13 +35,13 @@ async def login(request: Request) -> JSONResponse:
 
 async def session(request: Request) -> JSONResponse:
     account = await require_admin(request)
-    sessions: AdminSessions = request.app.state.admin_sessions
+    sessions = services(request).admin_sessions
     token = request.cookies.get(SESSION_COOKIE, "")
     return JSONResponse({"accountId": account.id, "csrfToken": sessions.csrf_token(token) if token else None})
 
 
 async def logout(request: Request) -> JSONResponse:
-    sessions: AdminSessions = request.app.state.admin_sessions
+    sessions = services(request).admin_sessions
     sessions.revoke(request.cookies.get(SESSION_COOKIE))
     resp = JSONResponse({"ok": True})
     resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

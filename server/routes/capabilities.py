@@ -7,27 +7,28 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from server.auth import require_account
+from server.services import services
 
 
 async def capabilities(request: Request) -> JSONResponse:
     account = await require_account(request)
-    return JSONResponse(request.app.state.capabilities.for_account(account))
+    return JSONResponse(services(request).capabilities.for_account(account))
 
 
 async def healthz(request: Request) -> JSONResponse:
-    state = request.app.state
-    readiness = state.readiness
+    svc = services(request)
+    readiness = svc.readiness
     return JSONResponse(
         {
             "status": "ok" if readiness.ready else "starting",
             "warmupSeconds": round(readiness.seconds, 2),
             "warmupErrors": readiness.errors,
-            "device": state.device,
-            "loadedModels": state.models.loaded(),
+            "device": svc.device,
+            "loadedModels": svc.models.loaded(),
             "installedModels": {
-                "whisper": state.catalog.whisper_models(),
-                "piper": state.catalog.piper_voices(),
-                "pyannote": state.catalog.pyannote_pipelines(),
+                "whisper": svc.catalog.whisper_models(),
+                "piper": svc.catalog.piper_voices(),
+                "pyannote": svc.catalog.pyannote_pipelines(),
             },
         },
         status_code=200 if readiness.ready else 503,
@@ -35,9 +36,8 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state
-    jobs = await state.subtitle_jobs.counts() if hasattr(state, "subtitle_jobs") else None
-    text = state.metrics.render(state.models.instances(), jobs)
+    svc = services(request)
+    text = svc.metrics.render(svc.models.instances(), await svc.subtitle_jobs.counts())
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

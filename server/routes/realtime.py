@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.accounts import Account
+from server.auth import key_from_request, require_account
+from server.engine_errors import ws_error
 from server.errors import ApiError, unauthorized
-from server.realtime import RealtimeSession, error_message
-from server.realtime_config import parse_config
+from server.realtime import RealtimeSession
+from server.realtime_config import ConfigError, parse_config
+from server.services import services
 
 log = logging.getLogger("speech7.realtime")
 CONFIG_TIMEOUT_S = 30
@@ -22,15 +23,16 @@ CONFIG_TIMEOUT_S = 30
 
 async def realtime(ws: WebSocket) -> None:
     await ws.accept()
-    state = ws.app.state
     session: RealtimeSession | None = None
     processor: asyncio.Task | None = None
     try:
-        key = ws.headers.get("x-api-key") or ws.query_params.get("apiKey")
         # A key in the header or the URL is checked before the config arrives; without one, the config
         # message must carry it (`apiKey`), which keeps it out of URLs, proxy logs and browser history.
-        account = await _authenticate(state, key) if key else None
-        first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
+        account = await require_account(ws) if key_from_request(ws) else None
+        try:
+            first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(408, "config_timeout", "no config message received") from None
         if first["type"] == "websocket.disconnect":
             return
         text = first.get("text")
@@ -40,16 +42,18 @@ async def realtime(ws: WebSocket) -> None:
         except json.JSONDecodeError:
             if account is None:
                 raise unauthorized(MISSING_KEY) from None
-            raise
+            raise ConfigError("the first message must be JSON") from None
         message_key = body.pop("apiKey", None) if isinstance(body, dict) else None
         if account is None:
-            account = await _authenticate(state, message_key if isinstance(message_key, str) else None)
+            if not isinstance(message_key, str) or not message_key:
+                raise unauthorized(MISSING_KEY)
+            account = await require_account(ws, {"apiKey": message_key})  # the HTTP routes' checks
         config = parse_config(body)
 
         async def send(msg: dict) -> None:
             await ws.send_text(json.dumps(msg, ensure_ascii=False))
 
-        session = RealtimeSession(state, account, config, send)
+        session = services(ws).realtime.session(account, config, send)
         await session.open()
         processor = asyncio.ensure_future(session.process())
         while True:
@@ -84,12 +88,10 @@ async def realtime(ws: WebSocket) -> None:
         await ws.close()
     except WebSocketDisconnect:
         pass
-    except TimeoutError:
-        await _fail(ws, {"error_code": 408, "error_message": "no config message received"})
     except Exception as exc:
-        if not isinstance(exc, (ApiError, json.JSONDecodeError)):
+        if not isinstance(exc, ApiError):
             log.exception("realtime session failed")
-        await _fail(ws, error_message(exc))
+        await _fail(ws, ws_error(exc))
     finally:
         if processor is not None and not processor.done():
             processor.cancel()
@@ -102,15 +104,6 @@ async def realtime(ws: WebSocket) -> None:
 
 
 MISSING_KEY = "Missing or invalid API key (send x-api-key, ?apiKey=..., or apiKey in the config message)"
-
-
-async def _authenticate(state: Any, key: str | None) -> Account:
-    account = await state.accounts.authenticate(key) if key else None
-    if account is None:
-        raise unauthorized(MISSING_KEY)
-    if account.disabled:
-        raise ApiError(403, "account_disabled", "This account is disabled")
-    return account
 
 
 async def _fail(ws: WebSocket, body: dict) -> None:

@@ -8,8 +8,9 @@ from starlette.routing import Route
 
 from server.auth import require_account
 from server.errors import bad_request, not_found
+from server.services import services
 from server.stt_options import parse_bool
-from server.tts_service import TtsService, get_speech, list_speeches, speech_json
+from server.tts_service import speech_json
 
 
 async def speeches_index(request: Request) -> JSONResponse:
@@ -19,14 +20,14 @@ async def speeches_index(request: Request) -> JSONResponse:
         limit = max(1, min(500, int(raw)))
     except ValueError:
         raise bad_request("limit must be an integer") from None
-    return JSONResponse({"speeches": await list_speeches(request.app.state.db, account.id, limit)})
+    return JSONResponse({"speeches": await services(request).tts.list_speeches(account.id, limit)})
 
 
 async def speech_detail(request: Request) -> Response:
     account = await require_account(request)
-    row = await get_speech(request.app.state.db, account.id, request.path_params["speech_id"])
+    service = services(request).tts
+    row = await service.get_speech(account.id, request.path_params["speech_id"])
     if parse_bool(request.query_params.get("download"), "download"):
-        service: TtsService = request.app.state.tts
         path = service.file_path(row["id"])
         if not path.is_file():
             raise not_found("The audio file of this speech is gone")

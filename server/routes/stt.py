@@ -8,20 +8,20 @@ from starlette.routing import Route
 
 from server.disconnect import unless_disconnected
 from server.media_request import receive_authenticated_media
+from server.services import services
 from server.stt_options import parse_bool, parse_stt_options
-from server.transcription import TranscriptionService, stt_json
+from server.transcription import stt_json
 
 
 async def stt(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
-    account, upload = await receive_authenticated_media(request, settings.stt_max_upload_bytes)
+    svc = services(request)
+    account, upload = await receive_authenticated_media(request, svc.settings.stt_max_upload_bytes)
     try:
         options = parse_stt_options(upload.fields)
         as_array = parse_bool(upload.fields.get("json"), "json")
-        service: TranscriptionService = request.app.state.transcription
         assert upload.media is not None
         transcript = await unless_disconnected(
-            request, service.transcribe_file(account, upload.media.path, options, kind="stt")
+            request, svc.transcription.transcribe_file(account, upload.media.path, options, kind="stt")
         )
     finally:
         upload.discard()

@@ -9,10 +9,9 @@ from starlette.routing import Route
 from server.auth import require_account
 from server.disconnect import unless_disconnected
 from server.media_request import receive_authenticated_media
+from server.services import services
 from server.stt_options import parse_stt_options
-from server.subtitle_jobs import SubtitleJobs
 from server.subtitle_render import parse_format, render
-from server.transcription import TranscriptionService
 
 
 def _download_name(upload_name: str | None, ext: str) -> str:
@@ -22,15 +21,14 @@ def _download_name(upload_name: str | None, ext: str) -> str:
 
 
 async def subtitle(request: Request) -> Response:
-    settings = request.app.state.settings
-    account, upload = await receive_authenticated_media(request, settings.subtitle_max_upload_bytes)
+    svc = services(request)
+    account, upload = await receive_authenticated_media(request, svc.settings.subtitle_max_upload_bytes)
     try:
         options = parse_stt_options(upload.fields)
         fmt = parse_format(upload.fields)
-        service: TranscriptionService = request.app.state.transcription
         assert upload.media is not None
         transcript = await unless_disconnected(
-            request, service.transcribe_file(account, upload.media.path, options, kind="subtitle")
+            request, svc.transcription.transcribe_file(account, upload.media.path, options, kind="subtitle")
         )
         name = upload.media.filename
     finally:
@@ -48,9 +46,9 @@ async def subtitle(request: Request) -> Response:
 
 
 async def create_job(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
-    account, upload = await receive_authenticated_media(request, settings.stt_max_upload_bytes)
-    jobs: SubtitleJobs = request.app.state.subtitle_jobs
+    svc = services(request)
+    account, upload = await receive_authenticated_media(request, svc.settings.stt_max_upload_bytes)
+    jobs = svc.subtitle_jobs
     try:
         options = parse_stt_options(upload.fields)
         fmt = parse_format(upload.fields)
@@ -63,13 +61,13 @@ async def create_job(request: Request) -> JSONResponse:
 
 async def job_status(request: Request) -> JSONResponse:
     account = await require_account(request)
-    jobs: SubtitleJobs = request.app.state.subtitle_jobs
+    jobs = services(request).subtitle_jobs
     return JSONResponse(await jobs.status(account.id, request.path_params["job_id"]))
 
 
 async def job_file(request: Request) -> Response:
     account = await require_account(request)
-    jobs: SubtitleJobs = request.app.state.subtitle_jobs
+    jobs = services(request).subtitle_jobs
     path, fmt, upload_name = await jobs.result_file(account.id, request.path_params["job_id"])
     media_type = "text/vtt; charset=utf-8" if fmt == "vtt" else "application/x-subrip; charset=utf-8"
     return FileResponse(path, media_type=media_type, filename=_download_name(upload_name, fmt))

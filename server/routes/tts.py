@@ -9,7 +9,8 @@ from starlette.types import Receive, Scope, Send
 
 from server.auth import read_json, require_account
 from server.errors import bad_request
-from server.tts_service import EncoderFactory, SpeechJob, TtsService, speech_json, validate_text
+from server.services import services
+from server.tts_service import EncoderFactory, SpeechJob, speech_json, validate_text
 
 
 class SpeechStreamResponse(StreamingResponse):
@@ -52,15 +53,14 @@ def _speed(value: object) -> float:
 async def tts(request: Request) -> Response:
     body = await read_json(request)
     account = await require_account(request, body)
-    settings = request.app.state.settings
-    text = validate_text(body.get("text"), settings.tts_max_words)
+    svc = services(request)
+    text = validate_text(body.get("text"), svc.settings.tts_max_words)
     voice = body.get("voice")
     if voice is not None and (not isinstance(voice, str) or not voice.strip()):
         raise bad_request("voice must be a voice name such as en_US-joe-medium")
     voice = voice.split(":", 1)[-1].strip() if isinstance(voice, str) else None
     speed = _speed(body.get("speed"))
-    service: TtsService = request.app.state.tts
-    job = await service.prepare(account, text, voice, speed)
+    job = await svc.tts.prepare(account, text, voice, speed)
     if body.get("json") is True or str(body.get("json")).lower() == "true":
         record = await job.run_to_end()
         return JSONResponse(speech_json(record.row, full_text=True), headers={"X-Speech-Id": record.id})
