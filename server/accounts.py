@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import accounts, usage
+from server.db import PROFILE_COLUMNS, accounts, usage
 from server.engine_specs import MAX_PROVIDER_KEY_CHARS, EngineSpecs, SpecError, display
 from server.errors import ApiError, bad_request, not_found
 from server.security import display_prefix, generate_api_key, hash_api_key, key_matches, new_id
 
-# JSON field (spec spelling) -> column
+# JSON field (spec spelling) -> column; each is validated against its column's length (PROFILE_COLUMNS)
 PROFILE_FIELDS: dict[str, str] = {
     "companyId": "company_id",
     "companyName": "company_name",
@@ -89,7 +89,7 @@ def _number(body: Mapping[str, Any], name: str, default: float | None) -> float 
     return f
 
 
-def _text(body: Mapping[str, Any], name: str, limit: int = 300) -> str | None:
+def _text(body: Mapping[str, Any], name: str, limit: int) -> str | None:
     v = body.get(name)
     if v is None:
         return None
@@ -144,7 +144,7 @@ class AccountService:
         values: dict[str, Any] = {}
         for jname, col in PROFILE_FIELDS.items():
             if jname in body:
-                values[col] = _text(body, jname, 500)
+                values[col] = _text(body, jname, PROFILE_COLUMNS[col])
         for jname, col in ENGINE_FIELDS.items():
             if jname in body:
                 raw = _provider_key(body, jname)
