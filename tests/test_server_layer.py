@@ -274,3 +274,43 @@ async def test_tts_failure_mid_text_refunds_and_stores_nothing(api: Api) -> None
     assert await ledger(api, acc["id"]) == [("tts", "refunded", 0.5)]
     assert leftovers(api, "speeches") == []
     assert (await api.client.get("/speeches", headers={"x-api-key": acc["apiKey"]})).json()["speeches"] == []
+
+
+def sentences(n: int, seconds: float) -> str:
+    """n sentences the fake voice speaks for `seconds` each."""
+    one = ("word " * int(seconds / TTS_SECONDS_PER_CHAR))[: int(seconds / TTS_SECONDS_PER_CHAR) - 1] + "."
+    return " ".join([one] * n)
+
+
+async def test_tts_reservation_grows_when_the_voice_runs_longer_than_estimated(api: Api) -> None:
+    acc = await api.account()
+    models_of(api).tts_engines["voice-a"].estimate_factor = 0.5  # 40 s of audio estimated at 20 s: 0.5 min
+    r = await api.client.post("/tts", json={"apiKey": acc["apiKey"], "text": sentences(4, 10), "json": True})
+    assert r.status_code == 200, r.text
+    assert abs(r.json()["durationMs"] - 40_000) < 100 and r.json()["minutesUsed"] == 1.0
+    assert await ledger(api, acc["id"]) == [("tts", "settled", 1.0)]
+    assert await api.minutes(acc["apiKey"]) == 9.0
+
+
+@pytest.mark.parametrize("json_mode", [True, False])
+async def test_tts_never_synthesizes_past_what_the_balance_covers(api: Api, json_mode: bool) -> None:
+    """Audio beyond the reservation, which the balance cannot extend, is never sent, stored or charged: JSON
+    answers 402; a stream whose first sentence fits has already answered 200 and can only be cut short."""
+    acc = await api.account(startingMinutes=0.5)
+    models_of(api).tts_engines["voice-a"].estimate_factor = 0.5
+    r = await api.client.post("/tts", json={"apiKey": acc["apiKey"], "text": sentences(4, 10), "json": json_mode})
+    if json_mode:
+        assert (r.status_code, r.json()["error"]["code"]) == (402, "insufficient_minutes")
+        assert "nothing was stored or charged" in r.json()["error"]["message"]
+    else:
+        assert r.status_code == 200
+        pcm, rate = decode_mp3(r.content)
+        assert 29.0 < pcm.size / rate <= 30.1  # three sentences fit in 0.5 min; the fourth was never sent
+    await api.services.tts.stop()
+    assert await ledger(api, acc["id"]) == [("tts", "refunded", 0.5)]
+    assert await api.minutes(acc["apiKey"]) == 0.5
+    assert leftovers(api, "speeches") == []
+    # A first sentence that is already past the balance is refused before the stream commits to 200.
+    r = await api.client.post("/tts", json={"apiKey": acc["apiKey"], "text": sentences(1, 40)})
+    assert (r.status_code, r.json()["error"]["code"]) == (402, "insufficient_minutes")
+    assert await api.minutes(acc["apiKey"]) == 0.5 and leftovers(api, "speeches") == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -10,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 from server.auth import read_json, require_account
 from server.errors import bad_request
 from server.services import services
-from server.tts_service import EncoderFactory, SpeechJob, speech_json, validate_text
+from server.tts_service import SpeechJob, speech_json, validate_text
 
 
 class SpeechStreamResponse(StreamingResponse):
@@ -22,10 +24,10 @@ class SpeechStreamResponse(StreamingResponse):
     """
 
     def __init__(
-        self, job: SpeechJob, headers: dict[str, str], *, media_type: str = "audio/mpeg",
-        encoder: EncoderFactory | None = None,
+        self, job: SpeechJob, body: AsyncIterator[bytes], headers: dict[str, str], *, media_type: str = "audio/mpeg",
     ) -> None:
-        super().__init__(job.stream(encoder), media_type=media_type, headers=headers)
+        """`body` is what `job.open()` returned: the first audio is ready, so the status is known to be 200."""
+        super().__init__(body, media_type=media_type, headers=headers)
         self._job = job
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,6 +68,7 @@ async def tts(request: Request) -> Response:
         return JSONResponse(speech_json(record.row, full_text=True), headers={"X-Speech-Id": record.id})
     return SpeechStreamResponse(
         job,
+        await job.open(),
         headers={
             "X-Speech-Id": job.id,
             "Content-Disposition": f'inline; filename="{job.id}.mp3"',
