@@ -26,7 +26,8 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 from engines.audio import decode_file
 from engines.types import SttRequest
 from engines.wer import wer
-from tests.conftest import ADMIN_KEY, LiveServer, free_port, serve_in_thread
+from server.launcher import free_port, serve_in_thread
+from tests.conftest import ADMIN_KEY, LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +55,15 @@ def wy(tmp_path_factory, models_root) -> Iterator[Wyoming]:  # type: ignore[no-u
     from server.settings import Settings
 
     port = free_port()
+    from server.app import create_app
+
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("wyoming") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
-        wyoming_uri=f"tcp://127.0.0.1:{port}", wyoming_api_key=ADMIN_KEY,
+        warmup=False, data_dir=tmp_path_factory.mktemp("wyoming") / "data", admin_key=ADMIN_KEY,
+        models_dir=models_root, wyoming_uri=f"tcp://127.0.0.1:{port}", wyoming_api_key=ADMIN_KEY,
     )
-    with serve_in_thread(settings) as (app, url):
-        yield Wyoming(app, url, settings, port)
+    app = create_app(settings)
+    with serve_in_thread(app) as server:
+        yield Wyoming(app, server.url, settings, port)
 
 
 def pcm16(path: Path) -> bytes:
@@ -239,7 +243,7 @@ def test_refuses_to_start_without_a_key_that_bills_an_account(tmp_path, models_r
     from server.settings import Settings
 
     async def start(key: str) -> None:
-        settings = Settings(data_dir=tmp_path / key, admin_key=ADMIN_KEY, models_dir=models_root,
+        settings = Settings(warmup=False, data_dir=tmp_path / key, admin_key=ADMIN_KEY, models_dir=models_root,
                             wyoming_uri=f"tcp://127.0.0.1:{free_port()}", wyoming_api_key=key)
         app = create_app(settings)
         async with app.router.lifespan_context(app):
