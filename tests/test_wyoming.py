@@ -158,7 +158,7 @@ def test_synthesizes_pcm_chunks_that_speak_the_text(wy):
     from scipy.signal import resample_poly
 
     audio16k = resample_poly(pcm, 320, 441).astype(np.float32)
-    heard = wy.app.state.models.stt("tiny.en").transcribe(SttRequest(audio16k)).text
+    heard = wy.services.models.stt("tiny.en").transcribe(SttRequest(audio16k)).text
     assert wer(text, heard) < 0.2, heard
     assert wy.usage()[: len(wy.usage()) - before] == [("tts", "settled", 0.5)]
     speeches = httpx.get(f"{wy.url}/speeches", headers={"x-api-key": ADMIN_KEY}, timeout=30).json()["speeches"]
@@ -195,7 +195,7 @@ def test_http_and_wyoming_requests_are_decoded_in_one_batch(wy, testdata, monkey
     """One process, one engine instance, one batch queue: a Home Assistant command and an OpenAI-API upload
     that arrive while the model is busy are decoded together."""
     wy.set_minutes(10)
-    engine = wy.app.state.models.stt("tiny.en")
+    engine = wy.services.models.stt("tiny.en")
     worker = engine.workers[0]
     original = engine._decode_batch
     gate, busy = threading.Event(), threading.Event()
