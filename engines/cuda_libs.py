@@ -72,6 +72,15 @@ def loader_dirs(shim_dir: Path, *, cublas12_loadable: bool, site_dirs: Sequence[
     return [shim_dir, have13[0]]
 
 
+def reexec_with_cuda_libs(shim_dir: Path, argv: Sequence[str]) -> None:
+    """Starts this process again (same interpreter, `argv`) with the cuBLAS it needs on the loader path, when
+    that is needed and possible (see `environment_for_cuda`); returns when nothing needs to change."""
+    env = environment_for_cuda(shim_dir, dict(os.environ))
+    if env is not None:
+        print(f"[speech7] CUDA: using cuBLAS from {env['LD_LIBRARY_PATH'].split(':')[0]}", flush=True)
+        os.execve(sys.executable, [sys.executable, *argv], env)
+
+
 def environment_for_cuda(shim_dir: Path, environ: dict[str, str]) -> dict[str, str] | None:
     """The environment to re-execute with on a GPU box whose cuBLAS 12 is not loadable; None when nothing
     needs to change (no GPU, already done, or no usable cuBLAS found)."""

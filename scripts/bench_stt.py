@@ -274,7 +274,7 @@ def pick_device(requested: str) -> str:
 
     has_cuda = ctranslate2.get_cuda_device_count() > 0
     if requested == "cuda" and not has_cuda:
-        sys.exit("--device cuda, but CTranslate2 sees no CUDA device (try scripts/gpu_env.sh)")
+        sys.exit("--device cuda, but CTranslate2 sees no CUDA device")
     return requested if requested != "auto" else ("cuda" if has_cuda else "cpu")
 
 
@@ -327,6 +327,10 @@ def main() -> None:
     ap.add_argument("--baselines", default="batched-array,batched-path", help="any of batched-array, "
                     "batched-path, plain (comma-separated; empty: only the server)")
     args = ap.parse_args()
+    if args.device != "cpu":  # the baselines load CTranslate2 in this process: it needs a cuBLAS too
+        from engines.cuda_libs import reexec_with_cuda_libs
+
+        reexec_with_cuda_libs(Path(tempfile.gettempdir()) / "speech7-cuda-libs", [str(Path(__file__).resolve()), *sys.argv[1:]])
 
     model = args.model if args.model.startswith("whisper:") else f"whisper:{args.model}"
     model_dir = args.models_dir / "whisper" / model.split(":", 1)[1]

@@ -54,12 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 def reexec_with_cuda_libs(settings: Settings, args: list[str]) -> None:
     """On a GPU box whose CTranslate2 cannot find cuBLAS 12, start again once with the cuBLAS it can use on
     the loader path (engines.cuda_libs); the loader reads that path only at process start."""
-    from engines.cuda_libs import environment_for_cuda
+    from engines.cuda_libs import reexec_with_cuda_libs as reexec
 
-    env = environment_for_cuda(Path(settings.data_dir).resolve() / "cuda-libs", dict(os.environ))
-    if env is not None:
-        print(f"[speech7] CUDA: using cuBLAS from {env['LD_LIBRARY_PATH'].split(':')[0]}", flush=True)
-        os.execve(sys.executable, [sys.executable, "-m", "server.cli", *args], env)
+    reexec(Path(settings.data_dir).resolve() / "cuda-libs", ["-m", "server.cli", *args])
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_translation_to_english_and_models_that_cannot(live_server, testdata):
 @pytest.fixture
 def gated_decoder(live_server, monkeypatch):  # type: ignore[no-untyped-def]
     """tiny.en's batch worker taking one chunk per batch, and holding the second batch until `gate` opens."""
-    engine = live_server.app.state.models.stt("tiny.en")
+    engine = live_server.services.models.stt("tiny.en")
     monkeypatch.setattr(engine.workers[0], "max_batch_size", 1)
     original = engine._decode_batch
     state = {"decoded": 0, "timed_out": False, "gate": threading.Event()}
@@ -212,7 +212,7 @@ CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "
 def test_speech_in_every_format_decodes_to_its_words(live_server):
     acc = live_server.account()
     sdk = client(live_server, acc["apiKey"])
-    stt = live_server.app.state.models.stt("tiny.en")
+    stt = live_server.services.models.stt("tiny.en")
     voices = ["alloy", "en_US-joe-medium", "piper:en_US-joe-medium", "nova", "shimmer", "echo"]
 
     def speak(fmt: str, voice: str) -> tuple[str, bytes]:
@@ -241,7 +241,7 @@ def test_speech_in_every_format_decodes_to_its_words(live_server):
 
 @pytest.fixture
 def gated_voice(live_server, monkeypatch):  # type: ignore[no-untyped-def]
-    engine = live_server.app.state.models.tts("en_US-joe-medium")
+    engine = live_server.services.models.tts("en_US-joe-medium")
     voice = GatedVoice(engine)
     monkeypatch.setattr(engine, "synthesize", voice.synthesize)
     yield voice
@@ -304,7 +304,7 @@ def test_keys_bearer_or_x_api_key_and_bad_ones_are_401(live_server, testdata):
 def test_exhausted_balance_is_insufficient_quota_and_not_retried(live_server, testdata):
     acc = live_server.account(startingMinutes=0, sttApiKey="whisper:tiny.en")
     sdk = client(live_server, acc["apiKey"], max_retries=2)  # the SDK's default retries 429s; this one must not
-    requests = live_server.app.state.metrics.requests
+    requests = live_server.services.metrics.requests
     calls = [
         ("/v1/audio/transcriptions", lambda: sdk.audio.transcriptions.create(file=testdata / "en" / "jfk.flac", model="whisper-1")),
         ("/v1/audio/transcriptions", lambda: sdk.audio.transcriptions.create(

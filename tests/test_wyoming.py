@@ -26,7 +26,8 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 from engines.audio import decode_file
 from engines.types import SttRequest
 from engines.wer import wer
-from tests.conftest import ADMIN_KEY, LiveServer, free_port, serve_in_thread
+from server.launcher import free_port, serve_in_thread
+from tests.conftest import ADMIN_KEY, LiveServer
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +55,15 @@ def wy(tmp_path_factory, models_root) -> Iterator[Wyoming]:  # type: ignore[no-u
     from server.settings import Settings
 
     port = free_port()
+    from server.app import create_app
+
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("wyoming") / "data", admin_key=ADMIN_KEY, models_dir=models_root,
-        wyoming_uri=f"tcp://127.0.0.1:{port}", wyoming_api_key=ADMIN_KEY,
+        warmup=False, data_dir=tmp_path_factory.mktemp("wyoming") / "data", admin_key=ADMIN_KEY,
+        models_dir=models_root, wyoming_uri=f"tcp://127.0.0.1:{port}", wyoming_api_key=ADMIN_KEY,
     )
-    with serve_in_thread(settings) as (app, url):
-        yield Wyoming(app, url, settings, port)
+    app = create_app(settings)
+    with serve_in_thread(app) as server:
+        yield Wyoming(app, server.url, settings, port)
 
 
 def pcm16(path: Path) -> bytes:
@@ -154,7 +158,7 @@ def test_synthesizes_pcm_chunks_that_speak_the_text(wy):
     from scipy.signal import resample_poly
 
     audio16k = resample_poly(pcm, 320, 441).astype(np.float32)
-    heard = wy.app.state.models.stt("tiny.en").transcribe(SttRequest(audio16k)).text
+    heard = wy.services.models.stt("tiny.en").transcribe(SttRequest(audio16k)).text
     assert wer(text, heard) < 0.2, heard
     assert wy.usage()[: len(wy.usage()) - before] == [("tts", "settled", 0.5)]
     speeches = httpx.get(f"{wy.url}/speeches", headers={"x-api-key": ADMIN_KEY}, timeout=30).json()["speeches"]
@@ -191,7 +195,7 @@ def test_http_and_wyoming_requests_are_decoded_in_one_batch(wy, testdata, monkey
     """One process, one engine instance, one batch queue: a Home Assistant command and an OpenAI-API upload
     that arrive while the model is busy are decoded together."""
     wy.set_minutes(10)
-    engine = wy.app.state.models.stt("tiny.en")
+    engine = wy.services.models.stt("tiny.en")
     worker = engine.workers[0]
     original = engine._decode_batch
     gate, busy = threading.Event(), threading.Event()
@@ -239,7 +243,7 @@ def test_refuses_to_start_without_a_key_that_bills_an_account(tmp_path, models_r
     from server.settings import Settings
 
     async def start(key: str) -> None:
-        settings = Settings(data_dir=tmp_path / key, admin_key=ADMIN_KEY, models_dir=models_root,
+        settings = Settings(warmup=False, data_dir=tmp_path / key, admin_key=ADMIN_KEY, models_dir=models_root,
                             wyoming_uri=f"tcp://127.0.0.1:{free_port()}", wyoming_api_key=key)
         app = create_app(settings)
         async with app.router.lifespan_context(app):
