@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -10,9 +11,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from server.auth import read_json, require_account
-from server.errors import bad_request
+from server.errors import ApiError, bad_request
 from server.services import services
 from server.tts_service import SpeechJob, speech_json, validate_text
+
+log = logging.getLogger("speech7.tts")
 
 
 class SpeechStreamResponse(StreamingResponse):
@@ -33,6 +36,12 @@ class SpeechStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ApiError as exc:
+            # The status went out with the first audio: the only way left to tell the client is to end the
+            # transfer unfinished (the server closes the connection: an incomplete body), never to complete it.
+            # The job has refunded and stored nothing; this is no server fault, so no traceback.
+            log.log(logging.ERROR if exc.status >= 500 else logging.WARNING, "speech %s cut short: %s",
+                    self._job.id, exc.message)
         finally:
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
             await self._job.release()
