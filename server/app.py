@@ -36,6 +36,7 @@ from server.realtime_config import decode_interval
 from server.routes import build_routes
 from server.services import Services
 from server.settings import Settings, resolve_device
+from server.storage import make_blob_store
 from server.subtitle_jobs import SubtitleJobs
 from server.transcription import SttPipeline, TranscriptionService
 from server.tts_service import TtsService
@@ -79,10 +80,10 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         data_dir = Path(settings.data_dir)
-        for sub in ("tmp", "speeches", "jobs"):
-            (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (data_dir / "tmp").mkdir(parents=True, exist_ok=True)  # this node's own scratch space
         db = make_engine(settings.resolved_database_url)
         await create_schema(db)
+        blobs = make_blob_store(settings, db)  # stored speeches and job files: local, or shared in the database
         device = resolve_device(settings.device, cuda_available() if settings.device != "cpu" else False)
         models = manager or ModelManager(engine_config(settings, device, metrics))
         inference = Inference(inference_threads(settings))
@@ -99,14 +100,14 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
         readiness = Readiness(ready=not settings.warmup)
         services = Services(
             settings=settings, device=device, db=db, catalog=catalog, models=models, metrics=metrics,
-            accounts=accounts, minutes=minutes, admin_sessions=AdminSessions(settings.session_secret),
+            blobs=blobs, accounts=accounts, minutes=minutes, admin_sessions=AdminSessions(settings.session_secret),
             capabilities=capabilities, transcription=transcription, readiness=readiness,
             tts=TtsService(
-                speeches_dir=data_dir / "speeches", db=db, minutes=minutes, capabilities=capabilities,
+                store=blobs, db=db, minutes=minutes, capabilities=capabilities,
                 models=models, inference=inference, metrics=metrics,
             ),
             subtitle_jobs=SubtitleJobs(
-                settings=settings, jobs_dir=data_dir / "jobs", db=db, minutes=minutes, accounts=accounts,
+                settings=settings, store=blobs, db=db, minutes=minutes, accounts=accounts,
                 capabilities=capabilities, transcription=transcription,
             ),
             realtime=RealtimeService(

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import (
+    DDL,
+    BigInteger,
     Boolean,
     Column,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -106,6 +109,35 @@ subtitle_jobs = Table(
     Column("expires_at", Float, nullable=False),
 )
 Index("ix_jobs_status", subtitle_jobs.c.status, subtitle_jobs.c.created_at)
+
+# Blob storage in the database (server/storage/database.py), for a cluster whose nodes share no disk: one row
+# per write, its bytes in `blob_chunks` rows of about 1 MB inserted as they arrive. `name` is NULL while the
+# write is in progress and set when it completes, so a reader never sees half an object.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), unique=True),  # e.g. speeches/sp_....mp3, jobs/sub_....media
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("chunks", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    # When the last chunk was written: an unfinished write this old has lost its writer (an orphan).
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_blobs_updated", blobs.c.updated_at)
+
+blob_chunks = Table(
+    "blob_chunks",
+    metadata,
+    Column("blob_id", String(40), ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+# Media and MP3 do not compress: PostgreSQL should store the chunks out of line without trying.
+event.listen(
+    blob_chunks, "after_create",
+    DDL("ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(dialect="postgresql"),
+)
 
 
 def make_engine(url: str) -> AsyncEngine:
