@@ -26,7 +26,7 @@ from server.db import blob_chunks, blobs
 from server.security import new_id
 from server.storage.base import CHUNK_BYTES, BlobInfo, BlobNotFoundError, check_name, copy_file_in
 
-COMMIT_ATTEMPTS = 3  # two writers committing one name at once: the loser retries and replaces the winner
+COMMIT_ATTEMPTS = 8  # writers committing one name at once: each round one wins, the others retry and replace it
 
 
 async def _delete_where(conn: AsyncConnection, condition: Any) -> int:
@@ -51,14 +51,17 @@ class _DatabaseWriter:
 
     async def _store(self, piece: bytes | None) -> None:
         now = time.time()
+        grown = {"size": self._size + len(piece or b""), "chunks": self._seq + (1 if piece else 0), "updated_at": now}
         async with self._db.begin() as conn:
             if not self._started:
-                await conn.execute(insert(blobs).values(id=self._id, name=None, size=0, chunks=0,
-                                                        created_at=now, updated_at=now))
+                await conn.execute(insert(blobs).values(id=self._id, name=None, created_at=now, **grown))
+            else:  # the row first: it locks out a concurrent sweep, or shows that one already took it
+                res = await conn.execute(update(blobs).where(blobs.c.id == self._id, blobs.c.name.is_(None))
+                                         .values(**grown))
+                if res.rowcount != 1:
+                    raise BlobNotFoundError(f"{self._name}: the unfinished write was swept as an orphan")
             if piece:
                 await conn.execute(insert(blob_chunks).values(blob_id=self._id, seq=self._seq, data=piece))
-                await conn.execute(update(blobs).where(blobs.c.id == self._id)
-                                   .values(size=self._size + len(piece), chunks=self._seq + 1, updated_at=now))
         self._started = True
         if piece:
             self._seq += 1

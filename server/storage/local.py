@@ -41,7 +41,10 @@ class _LocalWriter:
 
     def _commit(self) -> int:
         self._open().close()
-        os.replace(self._part, self._target)
+        try:
+            os.replace(self._part, self._target)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"{self._target.name}: the unfinished write was swept as an orphan") from None
         return self._size
 
     def _abort(self) -> None:
