@@ -25,7 +25,7 @@ from models.catalog import Catalog
 from server.accounts import AccountService
 from server.auth import AdminSessions
 from server.capabilities import Capabilities
-from server.db import create_schema, make_engine
+from server.db import create_schema, make_engine, startup_lock
 from server.engine_specs import EngineSpecs
 from server.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
 from server.inference import Inference, inference_threads
@@ -117,7 +117,8 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
             ),
         )
         app.state.services = services  # the one thing on app.state: read through server.services
-        await accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
+        async with startup_lock(db):  # nodes starting at once on a new database make one admin account
+            await accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
         wyoming = wyoming_service(services)
         if wyoming is not None:  # first: its start refuses a missing key before any worker has started
             await wyoming.start()

@@ -3,6 +3,8 @@ embedded SQLite default (aiosqlite) and on PostgreSQL (`postgresql+asyncpg://...
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import (
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -160,6 +163,28 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True)
 
 
+# Any constant shared by every node: the key of the PostgreSQL advisory lock held while a node starts.
+STARTUP_LOCK_KEY = 0x5337_0001
+
+
+@contextlib.asynccontextmanager
+async def startup_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialises the first-start work (creating tables, the admin account) of nodes that start at the same
+    time on one PostgreSQL database; without it two CREATE TABLEs or two admin accounts race. A no-op
+    elsewhere (SQLite is one node)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+        await conn.commit()  # the lock belongs to the session, not to this transaction
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK_KEY})
+            await conn.commit()
+
+
 async def create_schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
+    async with startup_lock(engine), engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
