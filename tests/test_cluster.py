@@ -292,3 +292,11 @@ async def test_two_nodes_purging_at_once_delete_each_job_and_its_files_once(
         assert await b.minutes(acc["apiKey"]) == pytest.approx(10.0)
         usage = (await a.client.get(f"/accounts/{acc['id']}/usage", headers=ADMIN)).json()["usage"]
         assert sorted(u["status"] for u in usage if u["reference"] in ids) == ["refunded"] * len(ids)
+
+
+def test_the_deploy_guide_shows_the_balancer_config_the_tests_run() -> None:
+    from server.balancer import haproxy_config
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    nodes = [Node(f"gpu-0{i}", f"10.0.0.1{i}:8080") for i in (1, 2, 3)]
+    assert f"```\n{haproxy_config(':80', nodes)}```" in guide
