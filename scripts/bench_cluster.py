@@ -56,10 +56,18 @@ class Level:
     wall_s: float
     served: Counter[str]  # requests per backend
     cpu_pct: list[float]  # each backend's process tree, % of one core
+    cpu_s: float  # all backends' CPU seconds over the level's runs
+    runs: int
 
     @property
     def rtfx(self) -> float:
         return self.requests * self.audio_s / self.wall_s
+
+    @property
+    def audio_per_cpu_s(self) -> float:
+        """Audio seconds per backend CPU second: what a node does with the core it gets. Equal at both levels
+        means a second node costs nothing extra, whatever else the machine was running."""
+        return self.runs * self.requests * self.audio_s / self.cpu_s if self.cpu_s else 0.0
 
 
 def load_average() -> str:
@@ -117,8 +125,9 @@ def run_level(backends: int, root: Path, args: argparse.Namespace, db_url: str, 
                 served.update(pool.map(lambda _: post(url, key, wav), range(args.requests)))
             walls.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - began
-        cpu = [(tree_cpu_seconds(n.proc.pid) - c0) / elapsed * 100 for n, c0 in zip(nodes, cpu0, strict=True)]
-    return Level(backends, args.requests, audio_s, statistics.median(walls), served, cpu)
+        used = [tree_cpu_seconds(n.proc.pid) - c0 for n, c0 in zip(nodes, cpu0, strict=True)]
+    return Level(backends, args.requests, audio_s, statistics.median(walls), served,
+                 [u / elapsed * 100 for u in used], sum(used), args.repeat)
 
 
 def main() -> int:
@@ -150,17 +159,22 @@ def main() -> int:
 
     print(f"\nmodel {args.model}, {args.requests} x {args.seconds:g} s of speech, {args.concurrency} in flight, "
           f"each backend on one core")
-    print(f"{'backends':>8} {'wall s':>8} {'RTFx':>7}  served by            backend CPU (% of a core)")
+    print(f"{'backends':>8} {'wall s':>8} {'RTFx':>7} {'audio s/CPU s':>14}  served by            "
+          "backend CPU (% of a core)")
     for lv in levels:
         served = " ".join(f"{k}:{v}" for k, v in sorted(lv.served.items()))
         cpu = ", ".join(f"{c:.0f}" for c in lv.cpu_pct)
-        print(f"{lv.backends:>8} {lv.wall_s:>8.2f} {lv.rtfx:>7.1f}  {served:<20} {cpu}")
+        print(f"{lv.backends:>8} {lv.wall_s:>8.2f} {lv.rtfx:>7.1f} {lv.audio_per_cpu_s:>14.1f}  {served:<20} {cpu}")
+    if min(c for lv in levels for c in lv.cpu_pct) < 80:
+        print("note: a backend got less than 80% of its core: other processes competed for the CPUs, so the RTFx "
+              "ratio says more about this machine's load than about the cluster")
     ratio = levels[1].rtfx / levels[0].rtfx
     verdict = "meets" if ratio >= TARGET else "below"
     print(f"\n2 backends / 1 backend: {ratio:.2f}x ({verdict} the target of {TARGET:g}x)")
     print(f"load average after: {after}")
     print(f"SUMMARY bench_cluster model={args.model} rtfx_1={levels[0].rtfx:.1f} rtfx_2={levels[1].rtfx:.1f} "
-          f"ratio={ratio:.2f} target={TARGET:g} load_before={before.split()[0]} load_after={after.split()[0]}")
+          f"ratio={ratio:.2f} target={TARGET:g} audio_per_cpu_s_1={levels[0].audio_per_cpu_s:.1f} "
+          f"audio_per_cpu_s_2={levels[1].audio_per_cpu_s:.1f} load_before={before.split()[0]} load_after={after.split()[0]}")
     return 0
 
 

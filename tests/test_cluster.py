@@ -300,3 +300,24 @@ def test_the_deploy_guide_shows_the_balancer_config_the_tests_run() -> None:
     guide = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
     nodes = [Node(f"gpu-0{i}", f"10.0.0.1{i}:8080") for i in (1, 2, 3)]
     assert f"```\n{haproxy_config(':80', nodes)}```" in guide
+
+
+async def test_nodes_starting_at_once_on_an_empty_database_create_it_once(
+    tmp_path: Path, postgres: PgCluster
+) -> None:
+    """A whole cluster coming up together: four nodes start on a new database at the same moment; the tables
+    and the admin account are made once and every node serves."""
+    from server.app import create_app
+    from server.services import services_of
+    from tests.fakes import fake_models, fake_settings
+
+    db_url = postgres.create_database()
+    apps = [create_app(fake_settings(tmp_path / f"n{i}", ADMIN_KEY).with_(database_url=db_url, warmup=False),
+                       manager=fake_models()) for i in range(4)]
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.gather(*(stack.enter_async_context(app.router.lifespan_context(app)) for app in apps))
+        admins = [await services_of(app).accounts.authenticate(ADMIN_KEY) for app in apps]
+        assert all(a is not None and a.is_admin for a in admins)
+        assert len({a.id for a in admins if a is not None}) == 1
+        async with services_of(apps[0]).db.connect() as conn:
+            assert (await conn.exec_driver_sql("select count(*) from accounts")).scalar_one() == 1
