@@ -25,7 +25,7 @@ from models.catalog import Catalog
 from server.accounts import AccountService
 from server.auth import AdminSessions
 from server.capabilities import Capabilities
-from server.db import create_schema, make_engine
+from server.db import create_schema, make_engine, startup_lock
 from server.engine_specs import EngineSpecs
 from server.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
 from server.inference import Inference, inference_threads
@@ -36,6 +36,7 @@ from server.realtime_config import decode_interval
 from server.routes import build_routes
 from server.services import Services
 from server.settings import Settings, resolve_device
+from server.storage import make_blob_store
 from server.subtitle_jobs import SubtitleJobs
 from server.transcription import SttPipeline, TranscriptionService
 from server.tts_service import TtsService
@@ -79,10 +80,10 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         data_dir = Path(settings.data_dir)
-        for sub in ("tmp", "speeches", "jobs"):
-            (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (data_dir / "tmp").mkdir(parents=True, exist_ok=True)  # this node's own scratch space
         db = make_engine(settings.resolved_database_url)
         await create_schema(db)
+        blobs = make_blob_store(settings, db)  # stored speeches and job files: local, or shared in the database
         device = resolve_device(settings.device, cuda_available() if settings.device != "cpu" else False)
         models = manager or ModelManager(engine_config(settings, device, metrics))
         inference = Inference(inference_threads(settings))
@@ -99,14 +100,14 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
         readiness = Readiness(ready=not settings.warmup)
         services = Services(
             settings=settings, device=device, db=db, catalog=catalog, models=models, metrics=metrics,
-            accounts=accounts, minutes=minutes, admin_sessions=AdminSessions(settings.session_secret),
+            blobs=blobs, accounts=accounts, minutes=minutes, admin_sessions=AdminSessions(settings.session_secret),
             capabilities=capabilities, transcription=transcription, readiness=readiness,
             tts=TtsService(
-                speeches_dir=data_dir / "speeches", db=db, minutes=minutes, capabilities=capabilities,
+                store=blobs, db=db, minutes=minutes, capabilities=capabilities,
                 models=models, inference=inference, metrics=metrics,
             ),
             subtitle_jobs=SubtitleJobs(
-                settings=settings, jobs_dir=data_dir / "jobs", db=db, minutes=minutes, accounts=accounts,
+                settings=settings, store=blobs, db=db, minutes=minutes, accounts=accounts,
                 capabilities=capabilities, transcription=transcription,
             ),
             realtime=RealtimeService(
@@ -116,7 +117,8 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
             ),
         )
         app.state.services = services  # the one thing on app.state: read through server.services
-        await accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
+        async with startup_lock(db):  # nodes starting at once on a new database make one admin account
+            await accounts.ensure_admin(settings.admin_key or None, lambda m: print(f"[speech7] {m}", flush=True))
         wyoming = wyoming_service(services)
         if wyoming is not None:  # first: its start refuses a missing key before any worker has started
             await wyoming.start()

@@ -3,20 +3,26 @@ embedded SQLite default (aiosqlite) and on PostgreSQL (`postgresql+asyncpg://...
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import (
+    DDL,
+    BigInteger,
     Boolean,
     Column,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     event,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -115,6 +121,35 @@ subtitle_jobs = Table(
 )
 Index("ix_jobs_status", subtitle_jobs.c.status, subtitle_jobs.c.created_at)
 
+# Blob storage in the database (server/storage/database.py), for a cluster whose nodes share no disk: one row
+# per write, its bytes in `blob_chunks` rows of about 1 MB inserted as they arrive. `name` is NULL while the
+# write is in progress and set when it completes, so a reader never sees half an object.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), unique=True),  # e.g. speeches/sp_....mp3, jobs/sub_....media
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("chunks", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    # When the last chunk was written: an unfinished write this old has lost its writer (an orphan).
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_blobs_updated", blobs.c.updated_at)
+
+blob_chunks = Table(
+    "blob_chunks",
+    metadata,
+    Column("blob_id", String(40), ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+# Media and MP3 do not compress: PostgreSQL should store the chunks out of line without trying.
+event.listen(
+    blob_chunks, "after_create",
+    DDL("ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(dialect="postgresql"),
+)
+
 
 def make_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
@@ -136,6 +171,28 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True)
 
 
+# Any constant shared by every node: the key of the PostgreSQL advisory lock held while a node starts.
+STARTUP_LOCK_KEY = 0x5337_0001
+
+
+@contextlib.asynccontextmanager
+async def startup_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialises the first-start work (creating tables, the admin account) of nodes that start at the same
+    time on one PostgreSQL database; without it two CREATE TABLEs or two admin accounts race. A no-op
+    elsewhere (SQLite is one node)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+        await conn.commit()  # the lock belongs to the session, not to this transaction
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK_KEY})
+            await conn.commit()
+
+
 async def create_schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
+    async with startup_lock(engine), engine.begin() as conn:
         await conn.run_sync(metadata.create_all)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the services import this module's accessor through server.a
     from server.minutes import MinutesPool
     from server.realtime import RealtimeService
     from server.settings import Settings
+    from server.storage import BlobStore
     from server.subtitle_jobs import SubtitleJobs
     from server.transcription import TranscriptionService
     from server.tts_service import TtsService
@@ -36,6 +37,7 @@ class Services:
     catalog: Catalog
     models: ModelProvider
     metrics: Metrics
+    blobs: BlobStore  # stored speeches and subtitle job files (local files, or the shared database)
     accounts: AccountService
     minutes: MinutesPool
     admin_sessions: AdminSessions

@@ -54,6 +54,11 @@ class Settings:
     # to hours); longer media is refused after reading this much.
     max_audio_hours: float = 6.0
     device_index: tuple[int, ...] = (0,)
+    # Where stored speeches and subtitle job files live: "local" (files under data_dir) or "database" (the
+    # blobs tables, so nodes behind a load balancer share them without a common disk). Empty: database with
+    # a PostgreSQL database_url, else local.
+    blob_store: str = ""
+    blob_chunk_kb: int = 1024  # bytes per row of the database store (what one read or write holds in memory)
     job_workers: int = 1
     job_retention_hours: float = 24.0
     job_poll_seconds: float = 1.0

@@ -1,6 +1,7 @@
-"""Durable async subtitle jobs: rows in the database, files under <data_dir>/jobs, claimed atomically by
-workers (any number of server processes sharing one database), heartbeated while they run, re-queued when a
-worker dies, failed (and refunded) with a reason, purged with their files after the retention period.
+"""Durable async subtitle jobs: rows in the database, the upload and the result in the blob store (files under
+<data_dir>/jobs, or the shared database in a cluster), claimed atomically by workers (any number of server
+processes sharing one database), heartbeated while they run, re-queued when a worker dies, failed (and
+refunded) with a reason, purged with their files after the retention period.
 
 Minutes are reserved when the job is accepted (so a client learns at once that its balance is too low) and
 settled or refunded when it ends.
@@ -13,10 +14,8 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -32,6 +31,7 @@ from server.errors import ApiError, not_found, unprocessable
 from server.minutes import MinutesPool, quantize_minutes
 from server.security import new_id
 from server.settings import Settings
+from server.storage import BlobNotFoundError, BlobStore, OpenBlob
 from server.stt_options import SttOptions
 from server.subtitle_render import SubtitleFormat, render
 from server.transcription import TranscriptionService
@@ -39,6 +39,9 @@ from server.uploads import UploadedMedia
 
 log = logging.getLogger("speech7.jobs")
 MAX_ATTEMPTS = 3
+# An unfinished blob write untouched this long has lost its writer (a TTS stream or an upload being stored
+# takes seconds to minutes); sweeping it sooner could delete a live write of a slow client.
+ORPHAN_WRITE_AGE_S = 3600.0
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -64,6 +67,11 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _blob(file_name: str) -> str:
+    """The blob of a job file named in its row (upload_file, result_file)."""
+    return f"jobs/{file_name}"
+
+
 def claimable(now: float, stale_seconds: float) -> Any:
     """Queued jobs, and processing jobs whose worker stopped heartbeating (it died or was killed)."""
     return or_(
@@ -74,11 +82,11 @@ def claimable(now: float, stale_seconds: float) -> Any:
 
 class SubtitleJobs:
     def __init__(
-        self, *, settings: Settings, jobs_dir: Path, db: AsyncEngine, minutes: MinutesPool, accounts: AccountService,
+        self, *, settings: Settings, store: BlobStore, db: AsyncEngine, minutes: MinutesPool, accounts: AccountService,
         capabilities: Capabilities, transcription: TranscriptionService,
     ) -> None:
         self._settings = settings
-        self._dir = jobs_dir
+        self._store = store
         self.db = db
         self.minutes = minutes
         self._accounts = accounts
@@ -103,10 +111,9 @@ class SubtitleJobs:
             raise unprocessable("The media has no audio", code="empty_media")
         job_id = new_id("sub")
         reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind="subtitle_job", reference=job_id)
-        self._dir.mkdir(parents=True, exist_ok=True)
         upload_file = f"{job_id}.media"
         try:
-            shutil.move(str(media.path), self._dir / upload_file)
+            await self._store.put_file(_blob(upload_file), media.path)
             now = time.time()
             opts = json.loads(options.to_json())
             opts["format"] = {"max_chars_per_line": fmt.max_chars_per_line, "max_lines": fmt.max_lines, "fmt": fmt.fmt}
@@ -120,7 +127,7 @@ class SubtitleJobs:
                     )
                 )
         except BaseException:
-            (self._dir / upload_file).unlink(missing_ok=True)
+            await self._store.delete([_blob(upload_file)])
             await self.minutes.refund(reservation, note="job could not be stored")
             raise
         self._wake.set()
@@ -138,15 +145,15 @@ class SubtitleJobs:
     async def status(self, account_id: str, job_id: str) -> dict[str, Any]:
         return job_view(await self._row(account_id, job_id))
 
-    async def result_file(self, account_id: str, job_id: str) -> tuple[Path, str, str | None]:
+    async def result_file(self, account_id: str, job_id: str) -> tuple[OpenBlob, str, str | None]:
         row = await self._row(account_id, job_id)
         if row["status"] != "completed" or not row["result_file"]:
             raise ApiError(409, "not_ready", f"The job is {row['status']}; the file is available when it is completed")
-        path = self._dir / row["result_file"]
-        if not path.is_file():
+        result = await self._store.open(_blob(row["result_file"]))
+        if result is None:
             raise not_found("The subtitle file is gone")
         fmt = json.loads(row["options"]).get("format", {}).get("fmt", "srt")
-        return path, fmt, row["upload_name"]
+        return result, fmt, row["upload_name"]
 
     async def counts(self) -> dict[str, int]:
         async with self.db.connect() as conn:
@@ -205,19 +212,22 @@ class SubtitleJobs:
             fmt = SubtitleFormat(**opts.pop("format"))
             options = SttOptions.from_json(json.dumps(opts))
             usage_id = await self._live_reservation(row)
-            transcript = await self._transcription.transcribe_file(
-                account, self._dir / row["upload_file"], options, kind="subtitle_job", reference=job_id,
-                progress=lambda f: progress.__setitem__("value", 0.05 + 0.9 * f), reservation_id=usage_id,
-            )
+            # The upload may have been stored by another node: the front end decodes a local file, so the
+            # database store copies it here first (the local store hands over its own file).
+            async with self._store.local_file(_blob(row["upload_file"])) as media:
+                transcript = await self._transcription.transcribe_file(
+                    account, media, options, kind="subtitle_job", reference=job_id,
+                    progress=lambda f: progress.__setitem__("value", 0.05 + 0.9 * f), reservation_id=usage_id,
+                )
             text = render(transcript, fmt, options.speaker_labels, options.diarize)
             result_file = f"{job_id}.{fmt.fmt}"
-            await asyncio.to_thread(self._write_result, result_file, text)
+            await self._write_result(result_file, text)
             done = await self._mine(
                 job_id, status="completed", progress=1.0, result_file=result_file, completed_at=time.time(),
                 minutes_used=transcript.minutes_used, duration_ms=int(transcript.duration_s * 1000), error=None,
             )
             if done:
-                (self._dir / row["upload_file"]).unlink(missing_ok=True)
+                await self._store.delete([_blob(row["upload_file"])])
         except asyncio.CancelledError:
             # Shutting down: hand the job back at once so the next start (or another process) resumes it
             # without waiting for the heartbeat to go stale. An interrupted run is not a failed attempt.
@@ -226,18 +236,24 @@ class SubtitleJobs:
             raise
         except ApiError as exc:
             await self._fail(row, exc.message)
+        except BlobNotFoundError:
+            await self._fail(row, "the uploaded media is gone")
         except Exception as exc:
             log.exception("subtitle job %s failed", job_id)
             await self._fail(row, f"internal error: {type(exc).__name__}")
         finally:
             beat.cancel()
 
-    def _write_result(self, name: str, text: str) -> None:
-        # Written whole, then renamed: a download never sees half a file. The temporary name is unique so a
-        # worker that lost a stale job cannot collide with the job's new owner.
-        tmp = self._dir / f"{name}.{secrets.token_hex(4)}.part"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(self._dir / name)
+    async def _write_result(self, name: str, text: str) -> None:
+        # Visible only once committed: a download never sees half a file, and a worker that lost a stale job
+        # writing at the same time as its new owner replaces an equal file instead of mixing with it.
+        writer = self._store.create(_blob(name))
+        try:
+            await writer.write(text.encode("utf-8"))
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
 
     async def _live_reservation(self, row: Any) -> int:
         """The job's reservation, taken again if an interrupted run gave it back.
@@ -273,7 +289,7 @@ class SubtitleJobs:
         if usage_id is not None:
             await self.minutes.refund_by_id(int(usage_id), note=f"job failed: {reason}"[:500])
         if await self._mine(row["id"], status="failed", error=reason, completed_at=time.time(), minutes_used=0.0):
-            (self._dir / row["upload_file"]).unlink(missing_ok=True)
+            await self._store.delete([_blob(row["upload_file"])])
 
     async def _heartbeat(self, job_id: str, progress: dict[str, float]) -> None:
         # Often enough for a client's progress bar, and several beats inside the staleness window.
@@ -301,40 +317,39 @@ class SubtitleJobs:
                 pass
 
     async def purge(self, now: float | None = None) -> int:
-        """Deletes expired jobs (rows and files); a job still holding a reservation is refunded first.
+        """Deletes expired jobs (rows and files); a job still holding a reservation is refunded first (a
+        refund happens once, whoever tries). Returns how many jobs this call deleted.
 
-        `now` is a parameter so the retention can be tested without waiting a day. Files under jobs/ that
-        no row owns (a crash between storing the upload and inserting its row) go once they are as old as
-        the retention period.
+        Any node may purge at any time: each row goes in a transaction that deletes it only if it is still
+        there and, with the database store, deletes its files in the same transaction, so every job is purged
+        exactly once, files included. `now` is a parameter so the retention can be tested without waiting a
+        day. Files that no row owns (a crash between storing the upload and inserting its row) go once they
+        are as old as the retention period, and unfinished writes once their writer is surely gone.
         """
         now = time.time() if now is None else now
         async with self.db.connect() as conn:
             rows = (await conn.execute(select(jobs_t).where(jobs_t.c.expires_at < now))).mappings().all()
+        purged = 0
         for row in rows:
             if row["status"] in {"queued", "processing"} and row["usage_id"] is not None:
                 await self.minutes.refund_by_id(int(row["usage_id"]), note="job expired")
+            files = [_blob(name) for name in (row["upload_file"], row["result_file"]) if name]
             async with self.db.begin() as conn:
-                await conn.execute(delete(jobs_t).where(jobs_t.c.id == row["id"]))
-            for name in (row["upload_file"], row["result_file"]):
-                if name:
-                    (self._dir / name).unlink(missing_ok=True)
-        await asyncio.to_thread(self._sweep_orphans, now, await self._job_ids())
-        return len(rows)
+                gone = await conn.execute(delete(jobs_t).where(jobs_t.c.id == row["id"]))
+                if gone.rowcount == 1:  # this node won the row: its files are this node's to delete
+                    await self._store.delete(files, conn=conn)
+                    purged += 1
+        await self._sweep_orphans(now)
+        return purged
 
-    async def _job_ids(self) -> set[str]:
-        async with self.db.connect() as conn:
-            return set((await conn.execute(select(jobs_t.c.id))).scalars().all())
-
-    def _sweep_orphans(self, now: float, known: set[str]) -> None:
+    async def _sweep_orphans(self, now: float) -> None:
         cutoff = now - self._settings.job_retention_hours * 3600
-        if not self._dir.is_dir():
-            return
-        for path in self._dir.iterdir():
-            try:
-                if path.name.split(".", 1)[0] not in known and path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except FileNotFoundError:
-                pass  # another process purged it first
+        old = [b.name for b in await self._store.listing("jobs/") if b.modified < cutoff]
+        if old:
+            async with self.db.connect() as conn:
+                known = set((await conn.execute(select(jobs_t.c.id))).scalars().all())
+            await self._store.delete([n for n in old if n.split("/", 1)[1].split(".", 1)[0] not in known])
+        await self._store.sweep_orphans(ORPHAN_WRITE_AGE_S, now=now)
 
     async def _purger(self) -> None:
         while not self._stopping.is_set():

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -37,6 +36,7 @@ from server.inference import Inference
 from server.metrics import Metrics
 from server.minutes import MinutesPool, Reservation, quantize_minutes
 from server.security import new_id
+from server.storage import BlobStore, BlobWriter, OpenBlob
 from server.tts_billing import OutOfMinutes, SpeechBudget, reserve_speech
 
 log = logging.getLogger("speech7.tts")
@@ -93,14 +93,14 @@ class Background:
 
 class TtsService:
     def __init__(
-        self, *, speeches_dir: Path, db: AsyncEngine, minutes: MinutesPool, capabilities: Capabilities,
+        self, *, store: BlobStore, db: AsyncEngine, minutes: MinutesPool, capabilities: Capabilities,
         models: ModelProvider, inference: Inference, metrics: Metrics,
     ) -> None:
-        self._dir = speeches_dir
+        self._store = store
         self._db = db
         self._capabilities = capabilities
         self._models = models
-        self._jobs = _JobContext(minutes, inference, metrics, Background(), self._insert, self.file_path)
+        self._jobs = _JobContext(minutes, inference, metrics, Background(), self._insert, store)
 
     @property
     def streams_in_progress(self) -> int:
@@ -108,10 +108,14 @@ class TtsService:
         completes, fails or notices that its client has gone)."""
         return self._jobs.background.streaming
 
-    def file_path(self, speech_id: str) -> Path:
-        if not SPEECH_ID_RE.match(speech_id):  # ids are ours: nothing user-typed reaches the filesystem
+    async def open_audio(self, speech_id: str) -> OpenBlob:
+        """The stored MP3 of a speech (whichever node made it), read chunk by chunk."""
+        if not SPEECH_ID_RE.match(speech_id):  # ids are ours: nothing user-typed reaches the store
             raise not_found("No such speech")
-        return self._dir / f"{speech_id}.mp3"
+        audio = await self._store.open(audio_name(speech_id))
+        if audio is None:
+            raise not_found("The audio file of this speech is gone")
+        return audio
 
     async def prepare(self, account: Account, text: str, voice: str | None, speed: float) -> SpeechJob:
         """Checks engine, loads the voice, reserves minutes: every refusal happens before a byte is sent."""
@@ -174,7 +178,7 @@ class _JobContext:
     metrics: Metrics
     background: Background
     insert: Callable[[dict[str, Any]], Awaitable[None]]
-    file_path: Callable[[str], Path]
+    store: BlobStore
 
 
 class SpeechJob:
@@ -267,36 +271,33 @@ class SpeechJob:
                 if not cancel.is_set():
                     asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
 
-        path = self._ctx.file_path(self.id)
-        tmp = path.with_name(path.name + ".part")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = self._ctx.store.create(audio_name(self.id))  # invisible until committed by _store
         completed = failed = False
         producer = self._ctx.inference.submit(produce)
         size = 0
         background = self._ctx.background
         background.streaming += 1
         try:
-            with open(tmp, "wb") as fh:
-                while True:
-                    item = await queue.get()
-                    if item is _END:
-                        break
-                    if isinstance(item, OutOfMinutes):
-                        raise payment_required(str(item))
-                    if isinstance(item, BaseException):
-                        raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
-                    stored, sent = item
-                    if stored:
-                        await asyncio.to_thread(fh.write, stored)  # disk I/O stays off the event loop
-                        size += len(stored)
-                    if sent:
-                        yield sent
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, OutOfMinutes):
+                    raise payment_required(str(item))
+                if isinstance(item, BaseException):
+                    raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
+                stored, sent = item
+                if stored:
+                    await writer.write(stored)
+                    size += len(stored)
+                if sent:
+                    yield sent
             if samples == 0:
                 raise bad_request("text contains nothing speakable", code="invalid_text")
             duration = samples / sample_rate
             # Every byte is out: the bookkeeping must finish even if the client goes away right now, or the
             # speech would be charged without a row (or the reverse). The shielded task runs to its end.
-            store = asyncio.ensure_future(self._store(tmp, path, duration, size))
+            store = asyncio.ensure_future(self._store(writer, duration, size))
             completed = True
             try:
                 await asyncio.shield(store)
@@ -305,7 +306,7 @@ class SpeechJob:
                 raise
             except BaseException:
                 completed = False  # the database failed: nothing is kept, the reservation goes back
-                path.unlink(missing_ok=True)
+                await self._ctx.store.delete([audio_name(self.id)])
                 raise
         except Exception:
             failed = True
@@ -317,12 +318,12 @@ class SpeechJob:
                 # Drain so a producer blocked on a full queue can see the cancel flag and exit.
                 while not queue.empty():
                     queue.get_nowait()
-                self._cleanup = asyncio.ensure_future(self._abort(tmp, producer, queue))
+                self._cleanup = asyncio.ensure_future(self._abort(writer, producer, queue))
                 background.track(self._cleanup)
                 if failed:  # our error, not the client leaving: the refund lands before the error goes out
                     await asyncio.shield(self._cleanup)
 
-    async def _abort(self, tmp: Path, producer: asyncio.Future[None], queue: asyncio.Queue) -> None:
+    async def _abort(self, writer: BlobWriter, producer: asyncio.Future[None], queue: asyncio.Queue) -> None:
         async def drain() -> None:
             while True:
                 await queue.get()
@@ -333,18 +334,18 @@ class SpeechJob:
         except BaseException:
             pass
         drainer.cancel()
-        tmp.unlink(missing_ok=True)
+        await writer.abort()
         await self._ctx.minutes.refund(self.reservation, note="synthesis failed or client disconnected")
 
-    async def _store(self, tmp: Path, path: Path, duration: float, size: int) -> None:
+    async def _store(self, writer: BlobWriter, duration: float, size: int) -> None:
         charged = await self._ctx.minutes.settle(
             self.reservation, quantize_minutes(duration), audio_seconds=duration, reference=self.id
         )
-        tmp.replace(path)
+        await writer.commit()
         row = {
             "id": self.id, "account_id": self.account.id, "text": self.text, "characters": len(self.text),
             "words": count_words(self.text), "duration_ms": int(round(duration * 1000)), "minutes_used": charged,
-            "engine": self.spec, "file_name": path.name, "size_bytes": size, "created_at": time.time(),
+            "engine": self.spec, "file_name": f"{self.id}.mp3", "size_bytes": size, "created_at": time.time(),
         }
         await self._ctx.insert(row)
         self._ctx.metrics.add_audio("tts", duration)
@@ -355,6 +356,11 @@ class SpeechJob:
             pass
         assert self.record is not None
         return self.record
+
+
+def audio_name(speech_id: str) -> str:
+    """The blob holding a speech's MP3 (under the data directory: speeches/<id>.mp3, as before blob stores)."""
+    return f"speeches/{speech_id}.mp3"
 
 
 def speech_json(row: Any, *, full_text: bool = False) -> dict[str, Any]:

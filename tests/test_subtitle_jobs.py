@@ -381,10 +381,10 @@ async def test_concurrent_claims_on_postgres_take_each_job_once(tmp_path: Path, 
 
 async def test_two_servers_on_postgres_run_every_job_exactly_once(tmp_path: Path, models_root: Path, testdata: Path, postgres: PgCluster) -> None:
     db_url = postgres.create_database()
-    shared = tmp_path / "shared"  # the job files live on storage both servers see
-    settings = base_settings(shared, models_root, database_url=db_url, job_workers=2)
+    # No shared disk: each server its own data directory; the job files live in the database's blob store.
+    settings = base_settings(tmp_path / "a", models_root, database_url=db_url, job_workers=2)
     runs: list[tuple[str, str]] = []
-    async with running_app(settings) as a, running_app(settings) as b:
+    async with running_app(settings) as a, running_app(settings.with_(data_dir=tmp_path / "b")) as b:
         for api, name in ((a, "a"), (b, "b")):
             service = api.services.transcription
             original = service.transcribe_file

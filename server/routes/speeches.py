@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.auth import require_account
-from server.errors import bad_request, not_found
+from server.errors import bad_request
 from server.services import services
+from server.storage.http import blob_response
 from server.stt_options import parse_bool
 from server.tts_service import speech_json
 
@@ -28,10 +29,8 @@ async def speech_detail(request: Request) -> Response:
     service = services(request).tts
     row = await service.get_speech(account.id, request.path_params["speech_id"])
     if parse_bool(request.query_params.get("download"), "download"):
-        path = service.file_path(row["id"])
-        if not path.is_file():
-            raise not_found("The audio file of this speech is gone")
-        return FileResponse(path, media_type="audio/mpeg", filename=f"speech-{row['id']}.mp3")
+        audio = await service.open_audio(row["id"])
+        return blob_response(audio, "audio/mpeg", f"speech-{row['id']}.mp3")
     return JSONResponse(speech_json(row, full_text=True))
 
 

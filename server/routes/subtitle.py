@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.auth import require_account
 from server.disconnect import unless_disconnected
 from server.media_request import receive_authenticated_media
 from server.services import services
+from server.storage.http import blob_response
 from server.stt_options import parse_stt_options
 from server.subtitle_render import parse_format, render
 
@@ -68,9 +69,9 @@ async def job_status(request: Request) -> JSONResponse:
 async def job_file(request: Request) -> Response:
     account = await require_account(request)
     jobs = services(request).subtitle_jobs
-    path, fmt, upload_name = await jobs.result_file(account.id, request.path_params["job_id"])
+    result, fmt, upload_name = await jobs.result_file(account.id, request.path_params["job_id"])
     media_type = "text/vtt; charset=utf-8" if fmt == "vtt" else "application/x-subrip; charset=utf-8"
-    return FileResponse(path, media_type=media_type, filename=_download_name(upload_name, fmt))
+    return blob_response(result, media_type, _download_name(upload_name, fmt))
 
 
 routes = [
