@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.types import AudioChunk, EngineError, ModelMissingError, TtsRequest
+from engines.tts_estimate import VoicePace, count_unit, total
+from engines.types import AudioChunk, DurationEstimate, EngineError, ModelMissingError, TtsRequest
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0
@@ -160,6 +161,14 @@ class PiperEngine:
         self.device = device
         self.sample_rate = int(self._voice.config.sample_rate)
         self._voice_length_scale = voice_length_scale
+        self._pace = VoicePace(self.sample_rate)
+
+    def estimate(self, request: TtsRequest) -> DurationEstimate:
+        """The audio's duration from the phonemes espeak-ng makes of the text (engines/tts_estimate.py):
+        milliseconds of CPU, no model run. Validates like `synthesize`."""
+        length_scale = length_scale_for(request.speed, self._voice_length_scale)
+        counts = total(count_unit(self._voice.phonemize(unit)) for unit in split_sentences(request.text))
+        return self._pace.estimate(counts, length_scale)
 
     def synthesize(self, request: TtsRequest) -> Iterator[AudioChunk]:
         """Validates now (raises EngineError for empty text or a bad speed) and returns a generator that
@@ -176,8 +185,10 @@ class PiperEngine:
         syn_config = SynthesisConfig(length_scale=length_scale, normalize_audio=True, volume=_PEAK)
         for sentence in sentences:
             # espeak-ng may still split a unit (e.g. after "Dr."); the parts belong to one sentence for us.
-            parts = [c.audio_float_array for c in self._voice.synthesize(sentence, syn_config)]
+            parts = list(self._voice.synthesize(sentence, syn_config))
             if not parts:
                 continue
-            pcm = np.concatenate(parts).astype(np.float32, copy=False)
+            pcm = np.concatenate([c.audio_float_array for c in parts]).astype(np.float32, copy=False)
+            # What the voice really took for these phonemes keeps its estimates honest.
+            self._pace.observe(count_unit([c.phonemes for c in parts]), length_scale, len(pcm) / self.sample_rate)
             yield AudioChunk(pcm=pcm, sample_rate=self.sample_rate, text=sentence)

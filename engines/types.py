@@ -195,6 +195,16 @@ class AudioChunk:
     text: str = ""  # the sentence this chunk speaks
 
 
+@dataclass(frozen=True)
+class DurationEstimate:
+    """How long a text will sound, known before synthesis. The real duration is expected to lie in
+    [low_s, high_s]: a request is refused only when even `low_s` is more than the balance covers."""
+
+    low_s: float
+    expected_s: float
+    high_s: float
+
+
 @runtime_checkable
 class TtsEngine(Protocol):
     engine: str  # "piper"
@@ -204,6 +214,10 @@ class TtsEngine(Protocol):
 
     def synthesize(self, request: TtsRequest) -> Iterator[AudioChunk]:
         """Yields one chunk per sentence as soon as it is synthesized."""
+        ...
+
+    def estimate(self, request: TtsRequest) -> DurationEstimate:
+        """The audio's duration, without synthesizing it (cheap enough to run before every request)."""
         ...
 
 

@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.db import accounts, usage
-from server.engine_specs import EngineSpecs, SpecError
+from server.db import PROFILE_COLUMNS, accounts, usage
+from server.engine_specs import MAX_PROVIDER_KEY_CHARS, EngineSpecs, SpecError, display
 from server.errors import ApiError, bad_request, not_found
 from server.security import display_prefix, generate_api_key, hash_api_key, key_matches, new_id
 
-# JSON field (spec spelling) -> column
+# JSON field (spec spelling) -> column; each is validated against its column's length (PROFILE_COLUMNS)
 PROFILE_FIELDS: dict[str, str] = {
     "companyId": "company_id",
     "companyName": "company_name",
@@ -57,8 +57,9 @@ def public_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         "disabled": bool(row["disabled"]),
         "minutes": float(row["minutes"]),
         "startingMinutes": float(row["starting_minutes"]),
-        "sttApiKey": row["stt_engine"],
-        "ttsApiKey": row["tts_engine"],
+        # Provider keys: the local engine spec, "off", or a hosted provider's key masked (never whole).
+        "sttApiKey": display(row["stt_engine"]),
+        "ttsApiKey": display(row["tts_engine"]),
         "createdAt": _iso(row["created_at"]),
         "updatedAt": _iso(row["updated_at"]),
     }
@@ -88,7 +89,7 @@ def _number(body: Mapping[str, Any], name: str, default: float | None) -> float 
     return f
 
 
-def _text(body: Mapping[str, Any], name: str, limit: int = 300) -> str | None:
+def _text(body: Mapping[str, Any], name: str, limit: int) -> str | None:
     v = body.get(name)
     if v is None:
         return None
@@ -98,6 +99,18 @@ def _text(body: Mapping[str, Any], name: str, limit: int = 300) -> str | None:
     if len(s) > limit:
         raise bad_request(f"{name} is longer than {limit} characters")
     return s or None
+
+
+def _provider_key(body: Mapping[str, Any], name: str) -> str | None:
+    """Any string, as the reference accepts (null: back to the server default)."""
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise bad_request(f"{name} must be a string: an engine such as whisper:base, a provider key, or 'off'")
+    if len(v) > MAX_PROVIDER_KEY_CHARS:
+        raise bad_request(f"{name} is longer than {MAX_PROVIDER_KEY_CHARS} characters")
+    return v
 
 
 class AccountService:
@@ -131,15 +144,14 @@ class AccountService:
         values: dict[str, Any] = {}
         for jname, col in PROFILE_FIELDS.items():
             if jname in body:
-                values[col] = _text(body, jname, 500)
+                values[col] = _text(body, jname, PROFILE_COLUMNS[col])
         for jname, col in ENGINE_FIELDS.items():
             if jname in body:
-                spec = _text(body, jname, 200)
+                raw = _provider_key(body, jname)
                 try:
-                    self._specs.check("stt" if jname == "sttApiKey" else "tts", spec)
+                    values[col] = self._specs.to_store("stt" if jname == "sttApiKey" else "tts", raw)
                 except SpecError as exc:
                     raise bad_request(str(exc), code="unknown_engine") from None
-                values[col] = spec
         if "isAdmin" in body:
             if not isinstance(body["isAdmin"], bool):
                 raise bad_request("isAdmin must be true or false")

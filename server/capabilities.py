@@ -9,7 +9,7 @@ from typing import Any
 from engines.types import ModelProvider
 from models.catalog import Catalog
 from server.accounts import Account
-from server.engine_specs import OFF, EngineSpecs, Selection, SpecError
+from server.engine_specs import EngineSpecs, Selection, SpecError, is_off
 from server.errors import ApiError
 from server.settings import Settings
 
@@ -30,13 +30,13 @@ class Capabilities:
         return self.specs.stt(account.stt_engine)
 
     def tts_selection(self, account: Account, voice: str | None = None) -> Selection:
-        return self.specs.tts(f"piper:{voice}" if voice else account.tts_engine)
+        return self.specs.voice(voice) if voice else self.specs.tts(account.tts_engine)
 
     def require_stt(self, account: Account, model: str | None = None) -> Selection:
         """The account's STT selection, or the installed Whisper `model` a request chose instead: an account
         with STT configured may use any installed model (minutes cost the same); 'off' allows none."""
         if model is not None:
-            if account.stt_engine is not None and account.stt_engine.strip().lower() == OFF:
+            if is_off(account.stt_engine):
                 raise ApiError(403, "stt_not_configured", "Speech-to-text is not configured for this account (sttApiKey is 'off')")
             installed = self.catalog.whisper_models()
             if model not in installed:
@@ -61,7 +61,7 @@ class Capabilities:
         return sel
 
     def require_tts(self, account: Account, voice: str | None = None) -> Selection:
-        if voice is not None and account.tts_engine is not None and account.tts_engine.strip().lower() == "off":
+        if voice is not None and is_off(account.tts_engine):
             raise ApiError(403, "tts_not_configured", "Text-to-speech is not configured for this account (ttsApiKey is 'off')")
         try:
             sel = self.tts_selection(account, voice)
@@ -83,11 +83,16 @@ class Capabilities:
             try:
                 sel = fn(account)
             except SpecError as exc:
-                return {"configured": False, "engine": None, "model": None, "device": self.device, "error": str(exc)}
+                return {"configured": False, "engine": None, "model": None, "spec": None, "source": None,
+                        "device": self.device, "error": str(exc)}
+            # Which engine serves the capability, and why: the account's provider key names it ("account"),
+            # or the server's default serves it ("default": no provider key, or a hosted provider's key).
             return {
                 "configured": sel.configured,
                 "engine": sel.engine or None,
                 "model": sel.model or None,
+                "spec": sel.spec if sel.configured else None,
+                "source": sel.source,
                 "device": self.device,
             }
 

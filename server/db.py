@@ -29,6 +29,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
 
+# Account profile columns and their lengths. The API validates each field against the same number
+# (server/accounts.py), so a value it accepts always fits: PostgreSQL enforces VARCHAR lengths, SQLite does not.
+PROFILE_COLUMNS: dict[str, int] = {
+    "company_id": 200,
+    "company_name": 300,
+    "contact_name": 300,
+    "contact_phone": 100,
+    "company_address": 500,
+    "company_vat_id": 100,
+    "company_registration_number": 100,
+    "date_added_company": 20,
+    "time_added_company": 20,
+}
+
 accounts = Table(
     "accounts",
     metadata,
@@ -39,17 +53,11 @@ accounts = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("minutes", Float, nullable=False, default=0.0),
     Column("starting_minutes", Float, nullable=False, default=0.0),
-    Column("stt_engine", String(200)),  # the spec's sttApiKey: an engine spec, "off", or NULL (default)
-    Column("tts_engine", String(200)),  # the spec's ttsApiKey
-    Column("company_id", String(200)),
-    Column("company_name", String(300)),
-    Column("contact_name", String(300)),
-    Column("contact_phone", String(100)),
-    Column("company_address", String(500)),
-    Column("company_vat_id", String(100)),
-    Column("company_registration_number", String(100)),
-    Column("date_added_company", String(20)),
-    Column("time_added_company", String(20)),
+    # The spec's sttApiKey / ttsApiKey as server/engine_specs.py stores them: an engine spec, "off",
+    # "provider-key:" + a masked foreign key, or NULL (the server default).
+    Column("stt_engine", String(200)),
+    Column("tts_engine", String(200)),
+    *(Column(name, String(length)) for name, length in PROFILE_COLUMNS.items()),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )

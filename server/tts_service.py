@@ -2,8 +2,13 @@
 client and written to the speech's file; minutes reserved before and settled after.
 
 Consistency rule (issue 5): a speech exists and is charged only if synthesis completed AND every byte was
-handed to the client. If synthesis fails or the client disconnects before the end, the partial file is
-deleted, no row is written and the reservation is refunded.
+handed to the client. If synthesis fails, the client disconnects or the minutes run out before the end, the
+partial file is deleted, no row is written and the reservation is refunded.
+
+Minutes (server/tts_billing.py): reserved from the voice's duration estimate, grown while synthesis runs, and
+never exceeded: audio that the reservation cannot cover is not sent. `SpeechJob.open` waits for the first
+audio before a streamed response commits its status, so a refusal there is still a JSON error; later, an
+HTTP stream can only be cut (the client sees an incomplete transfer) and nothing is charged.
 """
 
 from __future__ import annotations
@@ -21,17 +26,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engines.audio_encoders import StreamEncoder
-from engines.types import AudioChunk, EngineError, ModelProvider, TtsEngine, TtsRequest
+from engines.types import AudioChunk, DurationEstimate, EngineError, ModelProvider, TtsEngine, TtsRequest
 from server.accounts import Account
 from server.capabilities import Capabilities
 from server.db import speeches
 from server.engine_errors import api_error
-from server.errors import ApiError, bad_request, not_found
+from server.errors import ApiError, bad_request, not_found, payment_required
 from server.inference import Inference
 from server.metrics import Metrics
 from server.minutes import MinutesPool, Reservation, quantize_minutes
 from server.security import new_id
 from server.storage import BlobStore, BlobWriter, OpenBlob
+from server.tts_billing import OutOfMinutes, SpeechBudget, reserve_speech
 
 log = logging.getLogger("speech7.tts")
 # Makes the client's encoder for the voice's sample rate (engines.audio_encoders.open_encoder); None: the MP3.
@@ -54,11 +60,6 @@ def validate_text(text: Any, max_words: int) -> str:
     if words > max_words:
         raise bad_request(f"text has {words} words; the limit is {max_words} words", code="text_too_long")
     return text.strip()
-
-
-def estimate_seconds(text: str, speed: float) -> float:
-    """An upper bound on the audio length, used for the reservation (settled to the real length later)."""
-    return (len(text) / 10.0 + 2.0) / speed
 
 
 @dataclass(frozen=True)
@@ -120,17 +121,21 @@ class TtsService:
         """Checks engine, loads the voice, reserves minutes: every refusal happens before a byte is sent."""
         selection = self._capabilities.require_tts(account, voice)
         inference = self._jobs.inference
+        request = TtsRequest(text, speed)
+
+        def start(engine: TtsEngine) -> tuple[Iterator[AudioChunk], DurationEstimate]:
+            # The engine validates the text when called, so a refusal is a 400 before any byte is sent.
+            return engine.synthesize(request), engine.estimate(request)
+
         try:
             engine = await inference.run(self._models.tts, selection.model)
-            # The engine validates the text when called, so a refusal is a 400 before any byte is sent.
-            chunks = await inference.run(engine.synthesize, TtsRequest(text, speed))
+            chunks, estimate = await inference.run(start, engine)
         except EngineError as exc:
             raise api_error(exc, (400, "invalid_text")) from None
         speech_id = new_id("sp")
-        reservation = await self._jobs.minutes.reserve(
-            account.id, quantize_minutes(estimate_seconds(text, speed)), kind="tts", reference=speech_id
-        )
-        return SpeechJob(self._jobs, account, engine, chunks, selection.spec, text, speech_id, reservation)
+        reservation = await reserve_speech(self._jobs.minutes, account.id, estimate, reference=speech_id)
+        budget = SpeechBudget(self._jobs.minutes, reservation, asyncio.get_running_loop())
+        return SpeechJob(self._jobs, account, engine, chunks, selection.spec, text, speech_id, budget)
 
     async def list_speeches(self, account_id: str, limit: int) -> list[dict[str, Any]]:
         async with self._db.connect() as conn:
@@ -180,20 +185,46 @@ class SpeechJob:
     """One accepted /tts request: the loaded voice, the pending sentences and the minutes reserved for them."""
 
     def __init__(self, ctx: _JobContext, account: Account, engine: TtsEngine, chunks: Iterator[AudioChunk], spec: str,
-                 text: str, speech_id: str, reservation: Reservation) -> None:
+                 text: str, speech_id: str, budget: SpeechBudget) -> None:
         self._ctx = ctx
         self.account, self.engine, self.chunks, self.spec = account, engine, chunks, spec
-        self.text, self.id, self.reservation = text, speech_id, reservation
+        self.text, self.id, self.budget = text, speech_id, budget
         self.record: SpeechRecord | None = None
         self._started = False  # stream() ran its first step: from then on its own `finally` owns the cleanup
+        self._opened: AsyncIterator[bytes] | None = None  # the stream open() started
+        self._cleanup: asyncio.Future[None] | None = None  # refund and file removal of a stream that ended early
+
+    @property
+    def reservation(self) -> Reservation:
+        return self.budget.reservation
+
+    async def open(self, encoder: EncoderFactory | None = None) -> AsyncIterator[bytes]:
+        """Starts `stream(encoder)` and waits for its first audio, so that whatever the first sentence meets
+        (no minutes for it, a synthesis failure, nothing speakable) raises here, before a response commits
+        to 200. Returns the whole body, first bytes included; `release` closes it."""
+        stream = self.stream(encoder)
+        self._opened = stream
+        first = await anext(stream, b"")
+
+        async def body() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for data in stream:
+                yield data
+
+        return body()
 
     async def release(self) -> None:
-        """Refunds a job whose stream never started (the client left before the response began).
-
-        A stream that started cleans up after itself; a stream that never ran has no `finally` to run, so the
-        response calls this when it ends, whatever happened, and the reservation cannot leak.
+        """Ends the job whatever happened to its response: a stream that `open` left suspended is closed (its
+        `finally` refunds and deletes the partial file; a finished one is untouched), and a job whose stream
+        never started is refunded here, since it has no `finally` to run. So the reservation cannot leak.
         """
-        if not self._started and self.record is None:
+        if self._started:
+            if self._opened is not None:
+                await self._opened.aclose()  # type: ignore[attr-defined]
+            if self._cleanup is not None:
+                await asyncio.shield(self._cleanup)
+        elif self.record is None:
             await self._ctx.minutes.refund(self.reservation, note="client disconnected before the audio started")
 
     @property
@@ -214,6 +245,7 @@ class SpeechJob:
         cancel = threading.Event()
         sample_rate = self.engine.sample_rate
         samples = 0
+        budget = self.budget
 
         def produce() -> None:
             # Runs on an inference thread: synthesis and encoding, one sentence at a time, handed to the loop.
@@ -230,6 +262,7 @@ class SpeechJob:
                 for chunk in self.chunks:
                     if cancel.is_set():
                         return
+                    budget.cover((samples + len(chunk.pcm)) / sample_rate)  # else OutOfMinutes: nothing more is sent
                     samples += len(chunk.pcm)
                     put(enc.encode(chunk.pcm), client.encode(chunk.pcm) if client is not None else None)
                 put(enc.flush(), client.flush() if client is not None else None)
@@ -239,7 +272,7 @@ class SpeechJob:
                     asyncio.run_coroutine_threadsafe(queue.put(exc), loop).result()
 
         writer = self._ctx.store.create(audio_name(self.id))  # invisible until committed by _store
-        completed = False
+        completed = failed = False
         producer = self._ctx.inference.submit(produce)
         size = 0
         background = self._ctx.background
@@ -249,6 +282,8 @@ class SpeechJob:
                 item = await queue.get()
                 if item is _END:
                     break
+                if isinstance(item, OutOfMinutes):
+                    raise payment_required(str(item))
                 if isinstance(item, BaseException):
                     raise ApiError(500, "synthesis_failed", f"speech synthesis failed: {item}")
                 stored, sent = item
@@ -273,6 +308,9 @@ class SpeechJob:
                 completed = False  # the database failed: nothing is kept, the reservation goes back
                 await self._ctx.store.delete([audio_name(self.id)])
                 raise
+        except Exception:
+            failed = True
+            raise
         finally:
             background.streaming -= 1
             if not completed:
@@ -280,7 +318,10 @@ class SpeechJob:
                 # Drain so a producer blocked on a full queue can see the cancel flag and exit.
                 while not queue.empty():
                     queue.get_nowait()
-                background.track(self._abort(writer, producer, queue))
+                self._cleanup = asyncio.ensure_future(self._abort(writer, producer, queue))
+                background.track(self._cleanup)
+                if failed:  # our error, not the client leaving: the refund lands before the error goes out
+                    await asyncio.shield(self._cleanup)
 
     async def _abort(self, writer: BlobWriter, producer: asyncio.Future[None], queue: asyncio.Queue) -> None:
         async def drain() -> None:

@@ -22,6 +22,7 @@ from engines.types import (
     AudioChunk,
     DiarizationRequest,
     DiarizationResult,
+    DurationEstimate,
     EngineError,
     ModelMissingError,
     ProgressFn,
@@ -243,7 +244,8 @@ class FakeTranslator:
 
 class FakeTts:
     """`TtsEngine`: one tone per sentence, TTS_SECONDS_PER_CHAR per character at speed 1. `fail_after` sentences
-    (when set) it raises, as a voice crashing mid-text would."""
+    (when set) it raises, as a voice crashing mid-text would. Its duration estimate is exact, times
+    `estimate_factor` (below 1: a voice that speaks longer than estimated)."""
 
     engine = "fake"
     device = "cpu"
@@ -252,12 +254,22 @@ class FakeTts:
     def __init__(self, voice: str) -> None:
         self.model = voice
         self.fail_after: int | None = None
+        self.estimate_factor = 1.0
 
     def synthesize(self, request: TtsRequest) -> Iterator[AudioChunk]:
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", request.text.strip()) if re.search(r"\w", s)]
+        return self._generate(self._sentences(request.text), request.speed)
+
+    def estimate(self, request: TtsRequest) -> DurationEstimate:
+        seconds = sum(len(s) for s in self._sentences(request.text)) * TTS_SECONDS_PER_CHAR / request.speed
+        guess = seconds * self.estimate_factor
+        return DurationEstimate(guess, guess, guess)
+
+    @staticmethod
+    def _sentences(text: str) -> list[str]:
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if re.search(r"\w", s)]
         if not sentences:  # validated on the call, like Piper, so the server refuses before streaming
             raise EngineError("text has nothing to speak (it is empty or only punctuation)")
-        return self._generate(sentences, request.speed)
+        return sentences
 
     def _generate(self, sentences: list[str], speed: float) -> Iterator[AudioChunk]:
         for i, sentence in enumerate(sentences):

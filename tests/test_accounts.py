@@ -95,19 +95,73 @@ async def test_keys_are_stored_hashed(api):
     assert hashlib.sha256(acc["apiKey"].encode()).hexdigest() in stored
 
 
-async def test_engine_specs_validated_at_creation(api):
-    for field, value in [("sttApiKey", "whisper:large-v9"), ("sttApiKey", "deepgram:nova"), ("ttsApiKey", "piper:xx_XX-nobody")]:
+async def test_provider_keys_select_local_engines_or_the_default(api):
+    async def create(**keys) -> dict:  # type: ignore[no-untyped-def]
+        r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, **keys})
+        assert r.status_code == 201, (keys, r.text)
+        return r.json()
+
+    async def caps(acc: dict) -> dict:
+        return (await api.client.get("/account/capabilities", headers={"x-api-key": acc["apiKey"]})).json()
+
+    # A value naming a local engine selects it, spelled as a spec or as a bare installed model name.
+    for keys in ({"sttApiKey": "whisper:tiny.en", "ttsApiKey": "piper:en_US-joe-medium"},
+                 {"sttApiKey": "tiny.en", "ttsApiKey": "en_US-joe-medium"}):
+        acc = await create(**keys)
+        assert (acc["sttApiKey"], acc["ttsApiKey"]) == ("whisper:tiny.en", "piper:en_US-joe-medium")
+        c = await caps(acc)
+        assert {k: c["stt"][k] for k in ("configured", "engine", "model", "spec", "source", "device")} == {
+            "configured": True, "engine": "whisper", "model": "tiny.en", "spec": "whisper:tiny.en",
+            "source": "account", "device": "cpu"}
+        assert (c["tts"]["spec"], c["tts"]["source"]) == ("piper:en_US-joe-medium", "account")
+
+    # Any other value is a hosted provider's key: configured, served by the server's default engine, and
+    # never shown back whole (nor stored: only the mask is kept).
+    secret = "sk-live-0123456789abcdef"
+    acc = await create(sttApiKey=secret, ttsApiKey="deepgram:nova-2")
+    assert (acc["sttApiKey"], acc["ttsApiKey"]) == ("sk-l…", "deep…")
+    c = await caps(acc)
+    assert (c["stt"]["configured"], c["stt"]["spec"], c["stt"]["source"]) == (True, "whisper:base", "default")
+    assert (c["tts"]["configured"], c["tts"]["spec"], c["tts"]["source"]) == (True, "piper:en_US-joe-medium", "default")
+    h = {"x-api-key": ADMIN_KEY}
+    shown = [
+        (await api.client.get(f"/accounts/{acc['id']}", headers=h)).text,
+        (await api.client.get("/accounts", headers=h)).text,
+        (await api.client.get("/account", headers={"x-api-key": acc["apiKey"]})).text,
+        (await api.client.patch(f"/accounts/{acc['id']}", json={"companyName": "X"}, headers=h)).text,
+    ]
+    assert all("sk-l…" in text and secret not in text and "nova-2" not in text for text in shown)
+    async with api.services.db.connect() as conn:
+        dump = " ".join(str(row) for row in (await conn.exec_driver_sql("select * from accounts")).all())
+    assert secret not in dump and "nova-2" not in dump
+    short = await create(sttApiKey="abc123")  # too short to show any of it
+    assert short["sttApiKey"] == "…" and (await caps(short))["stt"]["configured"] is True
+
+    # Empty or "off": not configured. Absent: the server default. PATCH null goes back to the default.
+    for value in ("", "off", " OFF "):
+        acc = await create(sttApiKey=value, ttsApiKey=value)
+        assert (acc["sttApiKey"], acc["ttsApiKey"]) == ("off", "off")
+        c = await caps(acc)
+        assert c["stt"]["configured"] is False and c["tts"]["configured"] is False and c["stt"]["choices"] == []
+    acc = await create()
+    assert acc["sttApiKey"] is None and (await caps(acc))["stt"]["source"] == "default"
+    r = await api.client.patch(f"/accounts/{acc['id']}", json={"sttApiKey": "off"}, headers=h)
+    assert r.json()["sttApiKey"] == "off" and (await caps(acc))["stt"]["configured"] is False
+    r = await api.client.patch(f"/accounts/{acc['id']}", json={"sttApiKey": None}, headers=h)
+    assert r.json()["sttApiKey"] is None and (await caps(acc))["stt"]["spec"] == "whisper:base"
+
+    # A value naming a local engine this server cannot serve it with is a mistake, not a foreign key: 400.
+    for field, value, fragment in [
+        ("sttApiKey", "whisper:large-v9", "not installed"), ("ttsApiKey", "piper:xx_XX-nobody", "not installed"),
+        ("sttApiKey", "piper:en_US-joe-medium", "piper does not serve STT"), ("ttsApiKey", "whisper:base", "whisper does not serve TTS"),
+        ("sttApiKey", "whisper:", "names no model"),
+    ]:
         r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, field: value})
         assert r.status_code == 400, (field, value)
-        assert r.json()["error"]["code"] == "unknown_engine"
-    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "sttApiKey": "whisper:tiny.en", "ttsApiKey": "off"})
-    assert r.status_code == 201
-    caps = (await api.client.get("/account/capabilities", headers={"x-api-key": r.json()["apiKey"]})).json()
-    assert caps["stt"] == {**caps["stt"], "configured": True, "engine": "whisper", "model": "tiny.en", "device": "cpu"}
-    assert caps["tts"]["configured"] is False
-    r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "sttApiKey": "off"})
-    caps = (await api.client.get("/account/capabilities", headers={"x-api-key": r.json()["apiKey"]})).json()
-    assert caps["stt"]["configured"] is False and caps["stt"]["choices"] == []
+        assert r.json()["error"]["code"] == "unknown_engine" and fragment in r.json()["error"]["message"]
+    for bad in (7, ["whisper:base"], "k" * 4097):
+        r = await api.client.post("/accounts", json={"apiKey": ADMIN_KEY, "sttApiKey": bad})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
 
 
 async def test_capabilities_defaults(api):

@@ -73,3 +73,33 @@ async def test_two_servers_share_accounts_and_never_overdraw(
         r = await b.client.post(f"/accounts/{acc['id']}/minutes", json={"apiKey": ADMIN_KEY, "minutes": 2})
         assert r.status_code == 200, r.text
         assert await a.minutes(acc["apiKey"]) == 3.0
+
+
+async def test_profile_fields_up_to_their_limit_are_stored_and_longer_ones_refused(
+    tmp_path: Path, models_root: Path, postgres: PgCluster
+) -> None:
+    """One limit per profile field, shared by the API's validation and the schema: PostgreSQL enforces the
+    column length, so a value the API accepts must fit (a longer one is a 400 naming the field, never a 500)."""
+    from server.accounts import PROFILE_FIELDS
+    from server.db import PROFILE_COLUMNS, accounts
+
+    assert set(PROFILE_FIELDS.values()) == set(PROFILE_COLUMNS)
+    assert all(accounts.c[col].type.length == n for col, n in PROFILE_COLUMNS.items())  # type: ignore[attr-defined]
+    async with app_on(postgres.create_database(), tmp_path, models_root) as api:
+        admin = {"x-api-key": ADMIN_KEY}
+        full = {field: "é" * PROFILE_COLUMNS[col] for field, col in PROFILE_FIELDS.items()}  # characters, not bytes
+        r = await api.client.post("/accounts", json=full, headers=admin)
+        assert r.status_code == 201, r.text
+        acc = r.json()
+        back = (await api.client.get(f"/accounts/{acc['id']}", headers=admin)).json()
+        assert {f: back[f] for f in full} == full
+        for field, col in PROFILE_FIELDS.items():
+            over = {field: "x" * (PROFILE_COLUMNS[col] + 1)}
+            for r in (await api.client.post("/accounts", json=over, headers=admin),
+                      await api.client.patch(f"/accounts/{acc['id']}", json=over, headers=admin)):
+                assert r.status_code == 400, (field, r.text)
+                assert field in r.json()["error"]["message"]
+                assert f"{PROFILE_COLUMNS[col]} characters" in r.json()["error"]["message"]
+        # A provider key of any length is accepted there too: only its short stored form reaches the column.
+        r = await api.client.patch(f"/accounts/{acc['id']}", json={"sttApiKey": "k" * 4000}, headers=admin)
+        assert r.status_code == 200 and r.json()["sttApiKey"] == "kkkk…"

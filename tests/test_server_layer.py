@@ -274,3 +274,66 @@ async def test_tts_failure_mid_text_refunds_and_stores_nothing(api: Api) -> None
     assert await ledger(api, acc["id"]) == [("tts", "refunded", 0.5)]
     assert leftovers(api, "speeches") == []
     assert (await api.client.get("/speeches", headers={"x-api-key": acc["apiKey"]})).json()["speeches"] == []
+
+
+def sentences(n: int, seconds: float) -> str:
+    """n sentences the fake voice speaks for `seconds` each."""
+    one = ("word " * int(seconds / TTS_SECONDS_PER_CHAR))[: int(seconds / TTS_SECONDS_PER_CHAR) - 1] + "."
+    return " ".join([one] * n)
+
+
+async def test_tts_reservation_grows_when_the_voice_runs_longer_than_estimated(api: Api) -> None:
+    acc = await api.account()
+    models_of(api).tts_engines["voice-a"].estimate_factor = 0.5  # 40 s of audio estimated at 20 s: 0.5 min
+    r = await api.client.post("/tts", json={"apiKey": acc["apiKey"], "text": sentences(4, 10), "json": True})
+    assert r.status_code == 200, r.text
+    assert abs(r.json()["durationMs"] - 40_000) < 100 and r.json()["minutesUsed"] == 1.0
+    assert await ledger(api, acc["id"]) == [("tts", "settled", 1.0)]
+    assert await api.minutes(acc["apiKey"]) == 9.0
+
+
+async def test_tts_never_synthesizes_past_what_the_balance_covers(api: Api) -> None:
+    """Audio beyond the reservation, which the balance cannot extend, is never sent, stored or charged: JSON
+    answers 402 (a stream that already answered 200 is cut: see the test under uvicorn below)."""
+    acc = await api.account(startingMinutes=0.5)
+    models_of(api).tts_engines["voice-a"].estimate_factor = 0.5
+    r = await api.client.post("/tts", json={"apiKey": acc["apiKey"], "text": sentences(4, 10), "json": True})
+    assert (r.status_code, r.json()["error"]["code"]) == (402, "insufficient_minutes")
+    assert "nothing was stored or charged" in r.json()["error"]["message"]
+    assert await ledger(api, acc["id"]) == [("tts", "refunded", 0.5)]
+    assert await api.minutes(acc["apiKey"]) == 0.5
+    assert leftovers(api, "speeches") == []
+    # A first sentence that is already past the balance is refused before the stream commits to 200.
+    r = await api.client.post("/tts", json={"apiKey": acc["apiKey"], "text": sentences(1, 40)})
+    assert (r.status_code, r.json()["error"]["code"]) == (402, "insufficient_minutes")
+    assert await api.minutes(acc["apiKey"]) == 0.5 and leftovers(api, "speeches") == []
+    assert await ledger(api, acc["id"]) == [("tts", "refunded", 0.5)] * 2
+
+
+def test_a_tts_stream_that_runs_out_of_minutes_ends_as_an_incomplete_transfer(tmp_path: Path) -> None:
+    """Under uvicorn: a stream whose first sentence fits has answered 200; when a later one would go past what
+    the balance covers it is not sent, and the client sees the transfer fail (not a complete, shorter MP3).
+    Nothing is stored or charged."""
+    from server.app import create_app
+    from server.launcher import serve_in_thread
+
+    models = fake_models()
+    models.tts_engines["voice-a"].estimate_factor = 0.5
+    app = create_app(fake_settings(tmp_path, ADMIN_KEY), manager=models)
+    with serve_in_thread(app) as live:
+        r = httpx.post(f"{live.url}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 0.5}, timeout=30)
+        key = r.json()["apiKey"]
+        received = bytearray()
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete"):
+            with httpx.stream("POST", f"{live.url}/tts", json={"apiKey": key, "text": sentences(4, 10)},
+                              timeout=60) as resp:
+                assert resp.status_code == 200
+                for data in resp.iter_bytes():
+                    received += data
+        pcm, rate = decode_mp3(bytes(received))
+        assert 29.0 < pcm.size / rate <= 30.1  # three sentences fit in 0.5 min; the fourth was never sent
+        caps = httpx.get(f"{live.url}/account/capabilities", headers={"x-api-key": key}, timeout=30).json()
+        assert caps["minutesRemaining"] == 0.5  # refunded before the connection closed
+        usage = httpx.get(f"{live.url}/accounts/{r.json()['id']}/usage", headers={"x-api-key": ADMIN_KEY}).json()
+        assert [(u["kind"], u["status"]) for u in usage["usage"] if u["kind"] == "tts"] == [("tts", "refunded")]
+        assert not list((tmp_path / "data" / "speeches").glob("*"))

@@ -356,15 +356,37 @@ async def test_dictionary_fixes_german_terms_too(api, testdata: Path) -> None:  
 # ---------------------------------------------------------------- diarization
 
 
+def reference_turns(rttm: Path) -> list[tuple[float, float, str]]:
+    rows = [line.split() for line in rttm.read_text().splitlines() if line.startswith("SPEAKER")]
+    return [(float(r[3]), float(r[3]) + float(r[4]), r[7]) for r in rows]
+
+
 async def test_diarized_response_uses_speaker_labels(api, testdata: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two people speak in sample.wav: the response names exactly two speakers with the labels sent (speaker 1 is
+    whoever speaks first) and gives most words to the speaker the reference (RTTM) says spoke them, under the
+    better of the two ways to pair the labels with the reference's speakers (as DER scoring pairs them)."""
     key = await account(api)
-    r = await post_stt(api, key, testdata / "diarization" / "sample.wav", enableSpeakerDiarization="true",
-                       speaker1Label="Alice", speaker2Label="Bob")
+    clip = testdata / "diarization" / "sample.wav"
+    r = await post_stt(api, key, clip, enableSpeakerDiarization="true", speaker1Label="Alice", speaker2Label="Bob",
+                       wordTimestamps="true")
     assert r.status_code == 200, r.text
     body = r.json()
-    labels = [s["label"] for s in body["speakers"]]
-    assert labels[:1] == ["Alice"] and set(labels) <= {"Alice", "Bob"}
-    assert [s["id"] for s in body["speakers"]] == list(range(1, len(labels) + 1))
+    assert [(s["id"], s["label"]) for s in body["speakers"]] == [(1, "Alice"), (2, "Bob")]
     for e in body["transcript"]:
-        assert e["speaker"] in labels and e["transcript"] == f"{e['speaker']}: {e['text']}"
-    assert all(line.split(": ", 1)[0] in labels for line in body["text"].split("\n"))
+        assert e["speaker"] in ("Alice", "Bob") and e["transcript"] == f"{e['speaker']}: {e['text']}"
+    assert {e["speaker"] for e in body["transcript"]} == {"Alice", "Bob"}
+    assert all(line.split(": ", 1)[0] in ("Alice", "Bob") for line in body["text"].split("\n"))
+    words = [w for e in body["transcript"] for w in e["words"]]
+    assert words[0]["speaker"] == "Alice"
+    # Words spoken inside one reference turn, where nobody else speaks.
+    turns = reference_turns(testdata / "diarization" / "sample.rttm")
+    judged: list[tuple[str, str]] = []  # (label given, reference speaker)
+    for w in words:
+        start, end = w["startMs"] / 1000, w["endMs"] / 1000
+        speaking = {who for a, b, who in turns if a < end and start < b}
+        if len(speaking) == 1:
+            judged.append((w["speaker"], speaking.pop()))
+    first, second = sorted({who for _, _, who in turns})
+    agreed = max(sum((given, who) in pairing for given, who in judged)
+                 for pairing in ({("Alice", first), ("Bob", second)}, {("Alice", second), ("Bob", first)}))
+    assert len(judged) >= 30 and agreed / len(judged) >= 0.85, (agreed, len(judged))

@@ -188,6 +188,52 @@ async def test_long_speech_is_billed_by_generated_duration_in_half_minutes(api):
     assert [(u["status"], u["minutes"]) for u in await ledger(api, acc["id"])] == [("settled", meta["minutesUsed"])]
 
 
+PROSE_26S = (  # 520 characters of ordinary prose: about 26 s with the bundled voice, so one 0.5-min quantum
+    "The committee met on Tuesday morning to review the budget for the coming year. Several members raised "
+    "concerns about the rising cost of maintenance, especially for the older buildings near the river. After a "
+    "long discussion, they agreed to postpone the decision until the engineers had finished their inspection. "
+    "Meanwhile, the library will extend its opening hours during the exam period, and the sports center will "
+    "offer free classes for residents over sixty. Questions can be sent to the town office."
+)
+
+
+async def test_text_whose_audio_the_balance_covers_is_never_refused(api):
+    """Issue 17: 0.5 min left and a text of 520 characters. A character-based worst case (52 s) refused it;
+    its audio costs 0.5 min, so it is served and charged exactly that."""
+    acc = await api.account(startingMinutes=0.5)
+    r = await tts(api, acc["apiKey"], text=PROSE_26S, json=True)
+    assert r.status_code == 200, r.text
+    seconds = r.json()["durationMs"] / 1000
+    assert 20 < seconds < 30, seconds
+    assert r.json()["minutesUsed"] == 0.5 and await api.minutes(acc["apiKey"]) == 0
+    assert [(u["status"], u["minutes"]) for u in await ledger(api, acc["id"])] == [("settled", 0.5)]
+
+
+async def test_digits_are_charged_their_real_duration_or_refused(api):
+    """Issue 17/15: 240 digits read as numbers ("one hundred twenty-three thousand ...") are 68 s of audio
+    in 280 characters. From a 1-minute account, two such texts must each be charged their real duration
+    (1.5 min, which the account cannot pay) or refused with nothing charged; never 0.5 min each for 68 s."""
+    acc = await api.account(startingMinutes=1)
+    key = acc["apiKey"]
+    text = "123456 " * 40
+    answers = [await tts(api, key, text=text, json=True), await tts(api, key, text=text)]
+    served = []
+    for r in answers:
+        if r.status_code == 200:
+            meta = r.json() if r.headers["content-type"].startswith("application/json") else (
+                await api.client.get(f"/speeches/{r.headers['x-speech-id']}", headers={"x-api-key": key})).json()
+            assert meta["minutesUsed"] == billed(meta["durationMs"] / 1000), meta
+            served.append(meta["minutesUsed"])
+        else:
+            assert (r.status_code, r.json()["error"]["code"]) == (402, "insufficient_minutes"), r.text
+    assert await api.minutes(key) == pytest.approx(1 - sum(served))
+    rows = await ledger(api, acc["id"])
+    assert sorted(u["minutes"] for u in rows if u["status"] == "settled") == sorted(served)
+    assert all(u["status"] in ("settled", "refunded") for u in rows)
+    listed = (await api.client.get("/speeches", headers={"x-api-key": key})).json()["speeches"]
+    assert len(listed) == len(served) and speech_files(api.settings.data_dir) == sorted(f"{s['id']}.mp3" for s in listed)
+
+
 async def test_json_mode_returns_metadata_and_a_working_audio_path(api):
     key = (await api.account())["apiKey"]
     r = await tts(api, key, text=THREE_SENTENCES, json="true")

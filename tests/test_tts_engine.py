@@ -15,6 +15,7 @@ import pytest
 
 from engines.mp3 import Mp3StreamEncoder, decode_mp3, encode_mp3, mp3_duration_seconds
 from engines.piper_tts import PiperEngine, length_scale_for, list_voices, split_sentences
+from engines.tts_estimate import PhonemeCounts, VoicePace
 from engines.types import EngineError, ModelMissingError, TtsEngine, TtsRequest
 
 THREE_SENTENCES = (
@@ -116,6 +117,20 @@ def test_mp3_rejects_a_rate_mp3_cannot_carry() -> None:
         Mp3StreamEncoder(16001)
 
 
+def test_voice_pace_learns_a_voice_slower_than_the_calibration_and_ignores_outliers() -> None:
+    pace, counts = VoicePace(22050), PhonemeCounts(phonemes=60, pauses=2, units=1)
+    predicted = counts.seconds(1.0, 22050)
+    assert pace.estimate(counts, 1.0).expected_s == pytest.approx(predicted)
+    for _ in range(30):
+        pace.observe(counts, 1.0, 1.5 * predicted)
+    assert pace.pace == pytest.approx(1.5, rel=0.01)
+    est = pace.estimate(counts, 1.0)
+    assert est.expected_s == pytest.approx(1.5 * predicted, rel=0.01)
+    assert est.low_s < est.expected_s < est.high_s
+    pace.observe(counts, 1.0, 20 * predicted)  # a broken observation, not a voice
+    assert pace.pace == pytest.approx(1.5, rel=0.01)
+
+
 # ------------------------------------------------------------------ the real voice
 
 
@@ -197,6 +212,23 @@ def test_streamed_mp3_decodes_to_the_pcm_duration(engine: PiperEngine) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("text", "speed"),
+    [
+        (THREE_SENTENCES, 1.0),
+        (THREE_SENTENCES, 0.5),
+        (THREE_SENTENCES, 2.0),
+        ("123456 123456 123456", 1.0),  # 20 characters, six seconds of "one hundred twenty-three thousand ..."
+        ("Call 555-0199 by 5 p.m. on Jan. 3rd, 2025.", 1.5),
+    ],
+)
+def test_duration_estimate_brackets_the_real_duration(engine: PiperEngine, text: str, speed: float) -> None:
+    est = engine.estimate(TtsRequest(text, speed))
+    real = sum(len(c.pcm) for c in engine.synthesize(TtsRequest(text, speed))) / engine.sample_rate
+    assert est.low_s <= real <= est.high_s, (est, real)
+    assert est.low_s < est.expected_s < est.high_s
+
+
 def test_faster_speech_is_shorter(engine: PiperEngine) -> None:
     text = "Reading the same sentence faster should take noticeably less time."
 

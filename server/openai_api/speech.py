@@ -61,14 +61,15 @@ async def speech(request: Request) -> Response:
     speed = parse_speed(body.get("speed"))
     voice = tts_voice(body.get("model"), body.get("voice"), d.catalog.piper_voices())
     job = await d.tts.prepare(account, text, voice, speed)
+    audio = await job.open(None if fmt == "mp3" else functools.partial(open_encoder, fmt))
     return SpeechStreamResponse(
         job,
+        audio,
         headers={
             "X-Speech-Id": job.id, "Cache-Control": "no-store",
             "Content-Disposition": f'inline; filename="speech.{fmt}"',
         },
         media_type=FORMATS[fmt].media_type,
-        encoder=None if fmt == "mp3" else functools.partial(open_encoder, fmt),
     )
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from server.auth import read_json, require_account
-from server.errors import bad_request
+from server.errors import ApiError, bad_request
 from server.services import services
-from server.tts_service import EncoderFactory, SpeechJob, speech_json, validate_text
+from server.tts_service import SpeechJob, speech_json, validate_text
+
+log = logging.getLogger("speech7.tts")
 
 
 class SpeechStreamResponse(StreamingResponse):
@@ -22,15 +27,21 @@ class SpeechStreamResponse(StreamingResponse):
     """
 
     def __init__(
-        self, job: SpeechJob, headers: dict[str, str], *, media_type: str = "audio/mpeg",
-        encoder: EncoderFactory | None = None,
+        self, job: SpeechJob, body: AsyncIterator[bytes], headers: dict[str, str], *, media_type: str = "audio/mpeg",
     ) -> None:
-        super().__init__(job.stream(encoder), media_type=media_type, headers=headers)
+        """`body` is what `job.open()` returned: the first audio is ready, so the status is known to be 200."""
+        super().__init__(body, media_type=media_type, headers=headers)
         self._job = job
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ApiError as exc:
+            # The status went out with the first audio: the only way left to tell the client is to end the
+            # transfer unfinished (the server closes the connection: an incomplete body), never to complete it.
+            # The job has refunded and stored nothing; this is no server fault, so no traceback.
+            log.log(logging.ERROR if exc.status >= 500 else logging.WARNING, "speech %s cut short: %s",
+                    self._job.id, exc.message)
         finally:
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
             await self._job.release()
@@ -66,6 +77,7 @@ async def tts(request: Request) -> Response:
         return JSONResponse(speech_json(record.row, full_text=True), headers={"X-Speech-Id": record.id})
     return SpeechStreamResponse(
         job,
+        await job.open(),
         headers={
             "X-Speech-Id": job.id,
             "Content-Disposition": f'inline; filename="{job.id}.mp3"',
