@@ -90,11 +90,14 @@ class BatchWorker(Generic[T, R]):
         max_batch_size: int,
         batch_window_ms: float,
         name: str = "batch-worker",
+        batch_limit: Callable[[Hashable], int] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
+        # Items of some keys are smaller (a realtime window encoded at its own length): more fit a batch.
+        self._limit = batch_limit or (lambda _key: max_batch_size)
         self.batch_window_s = max(0.0, batch_window_ms) / 1000.0
         self._queue: list[_Entry] = []  # a heap
         self._seq = itertools.count()
@@ -154,13 +157,13 @@ class BatchWorker(Generic[T, R]):
                 head = self._queue[0]
                 same = sum(1 for e in self._queue if e.key == head.key)
                 remaining = deadline - time.monotonic()
-                if same >= self.max_batch_size or remaining <= 0:
+                if same >= self._limit(head.key) or remaining <= 0:
                     break
                 self._cond.wait(remaining)
             if self._closed:
                 return None
             # Re-read the head: a realtime item that arrived during the window goes first.
-            batch, rest = take_batch(self._queue, self._queue[0].key, self.max_batch_size)
+            batch, rest = take_batch(self._queue, self._queue[0].key, self._limit(self._queue[0].key))
             heapq.heapify(rest)
             self._queue = rest
             return batch

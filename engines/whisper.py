@@ -42,6 +42,15 @@ Task = Literal["transcribe", "translate"]
 
 WINDOW_FRAMES = 3000  # 30 s of 10 ms log-Mel frames: the encoder's fixed input
 MAX_PROMPT_TOKENS = 223  # Whisper's limit for the <|startofprev|> context (half of 448, minus one)
+STREAM_PAD_FRAMES, STREAM_MIN_FRAMES = 200, 1000  # see stream_encoder_frames
+STREAM_BUCKET_FRAMES = {"cpu": 100, "cuda": 500}
+# Context-prompt lengths (tokens) a streaming window's previous text is cut to: few lengths, so that the
+# windows of many streams share batches; 32 tokens (~25 words) is the context Whisper needs to continue.
+STREAM_PROMPT_BUCKETS = (0, 32)
+STREAM_BATCH_FACTOR = 4  # see _batch_limit
+# Beam size of streaming windows per device (absent: the engine's). See the report of issue 16: greedy
+# decoding makes the decoder's share of a large GPU batch several times smaller.
+STREAM_BEAM_SIZE: dict[str, int] = {"cuda": 1}
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 _INSTALL_HINTS = {
@@ -79,6 +88,7 @@ class _Item:
     language: str = "en"  # with `slot`: a placeholder the worker replaces by the slot's language
     slot: _LanguageSlot | None = None
     detects: bool = False  # this item's encoder output decides `slot` (the request's first chunk)
+    beam_size: int = 0  # 0: the engine's; part of the batch key (one generate call per beam size)
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class WhisperEngine:
         # One owner thread per device replica: CTranslate2 runs one call per replica at a time.
         self.workers = tuple(
             BatchWorker(self._run_batch, max_batch_size=batch, batch_window_ms=batch_window_ms,
-                        name=f"whisper-{model_name}-{i}")
+                        name=f"whisper-{model_name}-{i}", batch_limit=lambda key: _batch_limit(key, batch))
             for i in range(max(1, len(device_index)) if device == "cuda" else 1)
         )
 
@@ -191,23 +201,85 @@ class WhisperEngine:
         word_timestamps: bool = True,
     ) -> SttResult:
         """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming."""
-        pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
-        duration = pcm.size / SAMPLE_RATE
-        if pcm.size == 0:
-            return SttResult((), language or "en", 0.0, 0.0)
-        worker = self._pick_worker()
-        feats = self._features(pcm)
-        hints = (language,) if language else ()
+        return self.submit_window(
+            audio, language=language, task=task, prompt=prompt, terms=terms, priority=priority,
+            word_timestamps=word_timestamps,
+        ).result()
+
+    def submit_window(
+        self,
+        audio: np.ndarray | None = None,
+        *,
+        features: np.ndarray | None = None,
+        language: str | None = None,
+        language_hints: Sequence[str] = (),
+        task: Task = "transcribe",
+        prompt: str | None = None,
+        terms: Sequence[str] = (),
+        priority: int = PRIORITY_REALTIME,
+        word_timestamps: bool = True,
+    ) -> Future[SttResult]:
+        """`transcribe_window` without waiting: the window is queued for the next batch and the future settles
+        when it is decoded, so a caller driving many streams holds no thread per decode.
+
+        `features` (normalized log-Mel, (n_mels, frames), as `engines.stream_audio.LogMel.window` gives) replace
+        `audio` for streams that compute them incrementally. The encoder hears only the window plus some
+        padding (`stream_encoder_frames`), not a padded 30 s. Without `language`, the language is detected
+        from the window's own encoder output, among `language_hints` as `choose_language` rules."""
+        hop = SAMPLE_RATE // self._wm.frames_per_second  # samples per feature frame
+        if features is None:
+            pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
+            feats = self._wm.feature_extractor(pcm)[..., :-1] if pcm.size else np.zeros((self.n_mels, 0), np.float32)
+            frames = pcm.size // hop
+        else:
+            feats = features[:, :WINDOW_FRAMES]
+            frames = feats.shape[1]
+        duration = frames / self._wm.frames_per_second
+        done: Future[SttResult] = Future()
+        hints = (language,) if language else tuple(language_hints)
+        if frames == 0:
+            done.set_result(SttResult((), language or (hints[0] if hints else "en"), 0.0, 0.0))
+            return done
+        from faster_whisper.audio import pad_or_trim
+
+        feats = np.ascontiguousarray(pad_or_trim(feats, stream_encoder_frames(frames, self.device)), dtype=np.float32)
         known = self._known_language(hints)  # unknown: detected in the window's own batch (see _LanguageSlot)
         slot = None if known is not None else _LanguageSlot(self._usable_hints(hints))
         lang = known[0] if known is not None else "auto"
         tok = self._tokenizer(task, known[0] if known is not None else "en")
-        full_prompt = self._prompt(tok, tuple(terms), prompt)
-        item = _Item(feats[0], feats[1], duration, full_prompt, task, lang, slot, True)
-        [decoded] = self._run_items(worker, _batch_key(task, lang, full_prompt), lambda _i: item, 1, priority, None)
-        lang, prob = known if known is not None else _slot_language(slot)
-        segs = _to_segments(Chunk(((0, pcm.size),)), decoded, "en" if task == "translate" else lang, word_timestamps)
-        return SttResult(tuple(segs), lang, prob, duration)
+        full_prompt = self._prompt(tok, tuple(terms), prompt, STREAM_PROMPT_BUCKETS)
+        beam = STREAM_BEAM_SIZE.get(self.device, 0)
+        item = _Item(feats, frames, duration, full_prompt, task, lang, slot, True, beam)
+        key = _batch_key(task, lang, full_prompt, feats.shape[-1], beam)
+        queued = self._pick_worker().submit(item, key, priority)
+
+        def settle(fut: Future[_Decoded]) -> None:
+            try:
+                decoded = fut.result()
+                found, prob = known if known is not None else _slot_language(slot)
+                segs = _to_segments(Chunk(((0, frames * hop),)), decoded, "en" if task == "translate" else found,
+                                    word_timestamps)
+                done.set_result(SttResult(tuple(segs), found, prob, duration))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
+                done.set_exception(exc)
+
+        queued.add_done_callback(settle)
+        return done
+
+    def fixed_language(self, hints: Sequence[str]) -> str | None:
+        """The language a stream decodes with when no detection is needed (English-only model, or hints that
+        decide it by the engine's rule); None when the audio must decide, utterance by utterance."""
+        known = self._known_language(hints)
+        return None if known is None else known[0]
+
+    @property
+    def n_mels(self) -> int:
+        return int(self._wm.feature_extractor.mel_filters.shape[0])
+
+    @property
+    def mel_filters(self) -> np.ndarray:
+        """Mel filter bank of the model's front end, for streams computing features incrementally."""
+        return np.asarray(self._wm.feature_extractor.mel_filters)
 
     def detect_language(
         self, audio: np.ndarray, hints: Sequence[str] = (), priority: int = PRIORITY_REALTIME
@@ -263,15 +335,20 @@ class WhisperEngine:
                 self._tokenizers[(task, language)] = tok
             return tok
 
-    def _prompt(self, tok: Tokenizer, terms: Sequence[str], previous: str | None) -> tuple[int, ...]:
+    def _prompt(
+        self, tok: Tokenizer, terms: Sequence[str], previous: str | None, buckets: Sequence[int] = ()
+    ) -> tuple[int, ...]:
         """[<|startofprev|> glossary + previous text] + <|sot|><|lang|><|task|>. Terms go first so the
-        most recent context survives truncation next to the start-of-transcript token."""
+        most recent context survives truncation next to the start-of-transcript token. With `buckets`, the
+        context is cut (oldest text first) to the largest bucket length it reaches: prompts of equal length
+        share a batch (see _batch_key), so streams with different histories still decode together."""
         glossary = [t.strip() for t in terms if t.strip()]
-        context: list[int] = []
-        if glossary:
-            context += tok.encode(" Glossary: " + ", ".join(glossary) + ".")[: MAX_PROMPT_TOKENS // 2]
-        if previous and previous.strip():
-            context += tok.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS - len(context)):]
+        gloss = tok.encode(" Glossary: " + ", ".join(glossary) + ".")[: MAX_PROMPT_TOKENS // 2] if glossary else []
+        prev = tok.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS - len(gloss)):] if previous and previous.strip() else []
+        if buckets:  # the glossary stays whole (streams sharing one have equal lengths anyway)
+            size = max((b for b in buckets if b <= len(gloss) + len(prev)), default=0)
+            prev = prev[len(prev) - (size - len(gloss)):] if size > len(gloss) else []
+        context = gloss + prev
         head = [tok.sot_prev, *context] if context else []
         return tuple(head + list(tok.sot_sequence) + [tok.no_timestamps])
 
@@ -374,7 +451,7 @@ class WhisperEngine:
         tail = [*tok.sot_sequence, tok.no_timestamps]  # the prompt's end, with the real language token
         prompts = [list(it.prompt[: len(it.prompt) - len(tail)]) + tail for it in items]
         results = self._wm.model.generate(
-            encoder_output, prompts, beam_size=self.beam_size, max_length=448,
+            encoder_output, prompts, beam_size=items[0].beam_size or self.beam_size, max_length=448,
             suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
             return_scores=True, return_no_speech_prob=True,
         )
@@ -404,10 +481,37 @@ def _slot_language(slot: _LanguageSlot | None) -> tuple[str, float]:
     return slot.language, slot.probability
 
 
-def _batch_key(task: str, language: str, prompt: tuple[int, ...]) -> Hashable:
+def _batch_key(
+    task: str, language: str, prompt: tuple[int, ...], frames: int = WINDOW_FRAMES, beam_size: int = 0
+) -> Hashable:
     """Items of one generate call share task and language (one tokenizer, one alignment start sequence),
-    and CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts."""
-    return ("generate", task, language, len(prompt))
+    CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts, the
+    encoder one input length, and generate one beam size."""
+    return ("generate", task, language, len(prompt), beam_size, frames)
+
+
+def _batch_limit(key: Hashable, full: int) -> int:
+    """Items per batch: `full` for 30 s chunks; realtime windows, encoded shorter, are allowed
+    STREAM_BATCH_FACTOR times the encoder frames of that, since hundreds of live streams must decode within
+    a fraction of a second: every stream that waits out a batch adds that batch's time to its lag."""
+    frames = key[-1] if isinstance(key, tuple) and key and key[0] == "generate" else WINDOW_FRAMES
+    if frames >= WINDOW_FRAMES:
+        return full
+    return max(full, STREAM_BATCH_FACTOR * full * WINDOW_FRAMES // max(int(frames), 1))
+
+
+def stream_encoder_frames(frames: int, device: str) -> int:
+    """Encoder input length (10 ms frames) for a streaming window of `frames`.
+
+    Why: Whisper's encoder costs the same for 2 s of speech padded to 30 s as for 30 s, and a realtime
+    stream decodes a few seconds several times a second; CTranslate2 encodes shorter inputs, so a window is
+    encoded with STREAM_PAD_FRAMES of padding after it, and at least STREAM_MIN_FRAMES in all (with less,
+    Whisper repeats or drops words of short windows: "And so my fellow Americans. And so my fellow
+    Americans."), rounded up to a bucket so windows of different streams share a batch: 1 s on a CPU,
+    where padding costs compute, 5 s on a GPU, where batch sharing matters more."""
+    bucket = STREAM_BUCKET_FRAMES["cuda" if device == "cuda" else "cpu"]
+    wanted = max(STREAM_MIN_FRAMES, frames + STREAM_PAD_FRAMES)
+    return min(WINDOW_FRAMES, -(-wanted // bucket) * bucket)
 
 
 def _to_segments(chunk: Chunk, decoded: _Decoded, language: str, keep_words: bool) -> list[Segment]:
