@@ -11,11 +11,13 @@ import pytest
 
 from engines.local_agreement import (
     Action,
+    CommitRule,
     DecodeFacts,
     DecodePolicy,
     agreed_prefix_len,
     next_action,
     skip_committed,
+    stable_prefix_len,
     words_leaving_window,
 )
 from engines.types import SAMPLE_RATE, StreamOptions, StreamToken, StreamUpdate
@@ -55,6 +57,16 @@ def test_local_agreement_commits_the_common_prefix_ignoring_case_and_punctuation
     assert agreed_prefix_len([" Grüße"], [" grüße!"]) == 1
 
 
+def test_one_decode_commits_the_words_it_heard_out_with_confidence():
+    rule = CommitRule(margin_s=0.5, min_probability=0.5)
+    words = [(1.0, 0.9), (1.4, 0.8), (1.8, 0.9), (2.3, 0.9)]  # (end, probability)
+    assert stable_prefix_len(words, 2.2, rule) == 2  # the word ending at 1.8 s is not 0.5 s before 2.2 s
+    assert stable_prefix_len(words, 3.0, rule) == 4
+    # An unsure word holds back itself and everything after it: commits are a prefix.
+    assert stable_prefix_len([(1.0, 0.9), (1.4, 0.3), (1.8, 0.9)], 3.0, rule) == 1
+    assert stable_prefix_len([], 3.0, rule) == 0
+
+
 def test_committed_words_heard_again_at_the_window_start_are_skipped():
     committed = [" you.", " Ask"]
     # Whisper repeats them exactly.
@@ -92,11 +104,46 @@ def test_decode_policy():
     assert next_action(facts(new_audio_s=0.5), policy) is Action.WAIT
     assert next_action(facts(tail_has_speech=False, utterance_has_speech=False), policy) is Action.SKIP_SILENCE
     assert next_action(facts(trailing_silence_s=0.9), policy) is Action.END_UTTERANCE
+    # A short pause finalizes the words before it without ending the utterance.
+    assert next_action(facts(trailing_silence_s=0.35), policy) is Action.FINALIZE
+    assert next_action(facts(trailing_silence_s=0.35, tail_has_speech=False), policy) is Action.SKIP_SILENCE
     assert next_action(facts(trailing_silence_s=0.9, utterance_has_speech=False, tail_has_speech=False),
                        policy) is Action.SKIP_SILENCE
     # Decodes that take longer than the audio they cover stretch the interval instead of piling up.
     assert next_action(facts(last_decode_cost_s=1.5), policy) is Action.WAIT
     assert next_action(facts(new_audio_s=1.9, last_decode_cost_s=1.5), policy) is Action.DECODE
+
+
+def test_max_endpoint_delay_shortens_the_silence_that_ends_an_utterance():
+    from engines.streaming import ENDPOINT_SLACK_S, endpoint_silence
+
+    assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8)) == 0.8
+    assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8, max_endpoint_delay_ms=3000)) == 0.8
+    assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8, max_endpoint_delay_ms=500)) == pytest.approx(
+        0.5 - ENDPOINT_SLACK_S)
+
+
+def test_incremental_log_mel_matches_whisper_front_end(testdata: Path):
+    """Frames computed as 100 ms frames arrive equal faster-whisper's features of the same window (but at
+    its first and last frames, where faster-whisper reflects the window's own audio instead)."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from engines.stream_audio import AudioBuffer, LogMel
+
+    front = FeatureExtractor(80)
+    audio = load(testdata / "en" / "jfk.flac")
+    buf, mel = AudioBuffer(), LogMel(front.mel_filters)
+    for i in range(0, len(audio), FRAME):
+        buf.append(audio[i : i + FRAME])
+        mel.update(buf)
+    for start, end in [(3 * SAMPLE_RATE, 8 * SAMPLE_RATE), (5 * SAMPLE_RATE, len(audio) // 160 * 160)]:
+        expected = front(audio[start:end])[..., :-1]
+        got = mel.window(buf, start, end)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected)[:, 2:-2].max() < 1e-4
+    mel.prune(5 * SAMPLE_RATE)  # forgetting earlier audio keeps later windows intact
+    assert np.abs(mel.window(buf, 5 * SAMPLE_RATE, 8 * SAMPLE_RATE)
+                  - front(audio[5 * SAMPLE_RATE : 8 * SAMPLE_RATE])[..., :-1])[:, 2:-2].max() < 1e-4
 
 
 def test_a_decode_that_only_lost_words_keeps_them_pending():
