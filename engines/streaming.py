@@ -387,7 +387,7 @@ class WhisperStream:
             for w in seg.words
             if w.text.strip() and w.start < (end - start) / SAMPLE_RATE  # not aligned into the padding
         ]
-        words = words[: loop_start([w.text for w in words])]
+        words = words[: loop_start([(w.text, w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in words])]
         k = skip_committed(
             [w.text for w in self._anchored],
             self._committed_end / SAMPLE_RATE,

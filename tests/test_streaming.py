@@ -15,6 +15,7 @@ from engines.local_agreement import (
     DecodeFacts,
     DecodePolicy,
     agreed_prefix_len,
+    loop_start,
     next_action,
     skip_committed,
     stable_prefix_len,
@@ -65,6 +66,23 @@ def test_one_decode_commits_the_words_it_heard_out_with_confidence():
     # An unsure word holds back itself and everything after it: commits are a prefix.
     assert stable_prefix_len([(1.0, 0.9), (1.4, 0.3), (1.8, 0.9)], 3.0, rule) == 1
     assert stable_prefix_len([], 3.0, rule) == 0
+
+
+def test_a_decoding_loop_is_cut_but_a_phrase_said_twice_is_kept():
+    def timed(text: str, times: list[tuple[float, float]]) -> list[tuple[str, float, float]]:
+        return [(w, a, b) for w, (a, b) in zip(text.split(), times, strict=True)]
+
+    # Whisper looping at the end of a window: the repeats are squeezed into no time.
+    loop = timed("printing in printing in printing", [(0, .5), (.5, .7), (.9, .9), (.9, .9), (.9, .9)])
+    assert loop_start(loop) == 2
+    loop = timed("Americans. Americans. Americans.", [(0, .6), (.6, .6), (.6, .6)])
+    assert loop_start(loop) == 1
+    # A speaker saying it again takes about as long the second time.
+    said = timed("has never been surpassed has never been surpassed",
+                 [(0, .3), (.3, .6), (.6, .8), (.8, 1.5), (2.5, 2.8), (2.8, 3.1), (3.1, 3.3), (3.3, 4.0)])
+    assert loop_start(said) == len(said)
+    plain = timed("of the cat of the dog", [(0, .1), (.1, .2), (.2, .5), (.5, .6), (.6, .7), (.7, 1)])
+    assert loop_start(plain) == len(plain)
 
 
 def test_committed_words_heard_again_at_the_window_start_are_skipped():
