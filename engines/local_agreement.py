@@ -45,7 +45,7 @@ class CommitRule:
     """When one decode suffices to make a word final (`stable_prefix_len`)."""
 
     margin_s: float = 0.5  # audio the decoder heard after the word's end: its right context
-    min_probability: float = 0.5  # Whisper's mean token probability of the word
+    min_probability: float = 0.6  # Whisper's mean token probability of the word
     # Two decodes agreeing on a word still need this much audio after it: both may have heard it cut off
     # ("impression" of "impressions") when decodes come often.
     agree_margin_s: float = 0.25

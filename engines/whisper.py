@@ -48,9 +48,12 @@ STREAM_BUCKET_FRAMES = {"cpu": 100, "cuda": 500}
 # windows of many streams share batches; 32 tokens (~25 words) is the context Whisper needs to continue.
 STREAM_PROMPT_BUCKETS = (0, 32)
 STREAM_BATCH_FACTOR = 4  # see _batch_limit
-# Beam size of streaming windows per device (absent: the engine's). See the report of issue 16: greedy
-# decoding makes the decoder's share of a large GPU batch several times smaller.
-STREAM_BEAM_SIZE: dict[str, int] = {"cuda": 1}
+STREAM_TOKENS = (16, 10)  # tokens a streaming window may generate: this many, plus this many per second
+MAX_LENGTH = 448  # Whisper's decoder positions
+# Streaming windows decode greedily: re-decoded every few hundred ms, they gain nothing measurable from a
+# beam (bench_realtime's programmes: WER 0.062 greedy vs 0.073 with 5 beams, tiny.en; 0.067 vs 0.081 with
+# base), and the decoder's share of a large GPU batch shrinks several times.
+STREAM_BEAM_SIZE = 1
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 _INSTALL_HINTS = {
@@ -89,6 +92,7 @@ class _Item:
     slot: _LanguageSlot | None = None
     detects: bool = False  # this item's encoder output decides `slot` (the request's first chunk)
     beam_size: int = 0  # 0: the engine's; part of the batch key (one generate call per beam size)
+    max_tokens: int = 0  # 0: up to Whisper's limit; else tokens generated at most (see _generation_limit)
 
 
 @dataclass(frozen=True)
@@ -248,9 +252,9 @@ class WhisperEngine:
         lang = known[0] if known is not None else "auto"
         tok = self._tokenizer(task, known[0] if known is not None else "en")
         full_prompt = self._prompt(tok, tuple(terms), prompt, STREAM_PROMPT_BUCKETS)
-        beam = STREAM_BEAM_SIZE.get(self.device, 0)
-        item = _Item(feats, frames, duration, full_prompt, task, lang, slot, True, beam)
-        key = _batch_key(task, lang, full_prompt, feats.shape[-1], beam)
+        item = _Item(feats, frames, duration, full_prompt, task, lang, slot, True, STREAM_BEAM_SIZE,
+                     int(STREAM_TOKENS[0] + STREAM_TOKENS[1] * duration))
+        key = _batch_key(task, lang, full_prompt, feats.shape[-1], STREAM_BEAM_SIZE)
         queued = self._pick_worker().submit(item, key, priority)
 
         def settle(fut: Future[_Decoded]) -> None:
@@ -451,7 +455,8 @@ class WhisperEngine:
         tail = [*tok.sot_sequence, tok.no_timestamps]  # the prompt's end, with the real language token
         prompts = [list(it.prompt[: len(it.prompt) - len(tail)]) + tail for it in items]
         results = self._wm.model.generate(
-            encoder_output, prompts, beam_size=items[0].beam_size or self.beam_size, max_length=448,
+            encoder_output, prompts, beam_size=items[0].beam_size or self.beam_size,
+            max_length=_generation_limit(len(prompts[0]), [it.max_tokens for it in items]),
             suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
             return_scores=True, return_no_speech_prob=True,
         )
@@ -488,6 +493,18 @@ def _batch_key(
     CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts, the
     encoder one input length, and generate one beam size."""
     return ("generate", task, language, len(prompt), beam_size, frames)
+
+
+def _generation_limit(prompt_tokens: int, wanted: Sequence[int]) -> int:
+    """CTranslate2's `max_length` that lets each item generate its `max_tokens` (0: no limit).
+
+    Why: a decoding loop ("Printy. Printy. ...") otherwise runs to Whisper's 448 tokens, seconds on a CPU for
+    a window of two; a realtime window holds a few words per second. CTranslate2 4.x stops Whisper's
+    generation at min(max_length / 2, max_length - prompt + 1) new tokens (measured), hence the formula."""
+    if not wanted or min(wanted) <= 0:
+        return MAX_LENGTH
+    most = max(wanted)
+    return min(MAX_LENGTH, max(2 * most, prompt_tokens + most))
 
 
 def _batch_limit(key: Hashable, full: int) -> int:

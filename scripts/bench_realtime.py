@@ -31,7 +31,7 @@ session finished and the p95 final lag is below `--max-p95`; the SUMMARY line na
 Levels stop at the first failure unless `--all`.
 
 The floor on an idle machine: a word is final at the first decode that heard `margin` (0.5 s) of audio after
-it, decodes come every decode interval (0.5 s on a CPU, 0.3 s on a GPU) plus the decode itself, and a pause of
+it, decodes come every decode interval (0.3 s on a CPU, 0.2 s on a GPU) plus the decode itself, and a pause of
 0.3 s finalizes the words before it; load shows as lag growing with N beyond that floor.
 """
 

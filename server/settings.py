@@ -49,7 +49,7 @@ class Settings:
     job_poll_seconds: float = 1.0
     job_stale_seconds: float = 120.0  # a processing job whose heartbeat is older than this is re-queued
     realtime_max_sessions: int = 64
-    realtime_decode_interval_s: float = 0.0  # 0: 0.5 s on CPU, 0.3 s on CUDA (see realtime_config)
+    realtime_decode_interval_s: float = 0.0  # 0: 0.3 s on CPU, 0.2 s on CUDA (see realtime_config)
     preload_models: bool = False
     log_level: str = "info"
     session_secret: str = ""  # empty: random per process (admin web sessions end on restart)
