@@ -103,8 +103,10 @@ def skip_committed(
     The decode window starts a few committed words back (`committed`, in order), so that Whisper
     hears the next word's onset whole and in context; the hypothesis then repeats those words first.
     If the repetition is not exact (the window clipped the first word, or Whisper spells it
-    differently) the last committed words are looked for near the start; failing that, words are
-    dropped while most of their duration lies before `committed_end` (seconds, as the word times).
+    differently) the last committed words are looked for near the start. Then (or failing that)
+    words are dropped while most of their duration lies before `committed_end` (seconds, as the word
+    times), less `TIME_SLACK_S`: committed audio read again, or words Whisper squeezed into no time
+    there ("the invention of movable metal letters" at one instant, before the real ones).
     """
     keys = [normalize_word(w[0]) for w in hypothesis]
     done = [normalize_word(w) for w in committed]
@@ -112,16 +114,21 @@ def skip_committed(
     def heard_again(p: int, n: int) -> bool:  # hypothesis[p:p+n] repeats the last n committed words
         return keys[p : p + n] == done[-n:] and _middle(hypothesis[p + n - 1]) < committed_end + 0.5
 
+    def by_time(k: int, slack: float) -> int:
+        while k < len(hypothesis) and _middle(hypothesis[k]) < committed_end - slack:
+            k += 1
+        return k
+
     if done and heard_again(0, len(done)):
-        return len(done)
+        return by_time(len(done), TIME_SLACK_S)
     for n in range(min(max_tail, len(done)), 0, -1):
         for p in range(0, min(len(keys) - n, len(done) + 1) + 1):
             if heard_again(p, n):
-                return p + n
-    k = 0
-    while k < len(hypothesis) and _middle(hypothesis[k]) < committed_end:
-        k += 1
-    return k
+                return by_time(p + n, TIME_SLACK_S)
+    return by_time(0, 0.0)
+
+
+TIME_SLACK_S = 0.1  # word times are approximate: a new word may seem to start a little before the last end
 
 
 def _middle(word: tuple[str, float, float]) -> float:

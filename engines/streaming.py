@@ -290,6 +290,7 @@ class WhisperStream:
         self._utt_words = 0
         self._utt_language: str | None = self._fixed_language
         self._utt_language_locked = self._fixed_language is not None
+        self._utt_language_sure = self._utt_language_locked  # the last decode's language is trustworthy
 
     def _skip_silence(self) -> None:
         """No speech since the window start: let the window follow the audio, minus a pad."""
@@ -341,7 +342,7 @@ class WhisperStream:
         heard = self._buf.end / SAMPLE_RATE + (self._rule.margin_s if heard_out else 0.0)
         n = min(agreed_prefix_len([w.text for w in self._pending], [w.text for w in hypothesis]),
                 sum(1 for w in merged if w.end / SAMPLE_RATE <= heard - self._rule.agree_margin_s))
-        if self._utt_language_locked:  # a word read in a language still being identified may be misread
+        if self._utt_language_sure:  # a word read in a language still being identified may be misread
             n = max(n, stable_prefix_len([(w.end / SAMPLE_RATE, w.probability) for w in merged], heard, self._rule))
         final += self._commit(merged[:n])
         # A hypothesis that lost words keeps the lost ones pending: a later decode or the pause commits them.
@@ -397,10 +398,12 @@ class WhisperStream:
 
     def _identified(self, result: SttResult, heard: float) -> None:
         """The utterance's language, as the decode that just ran detected it from the window: it stops
-        changing once enough of the utterance was heard (and then decodes name it, sharing batches)."""
+        changing once enough of the utterance was heard (and then decodes name it, sharing batches). Words of
+        a decode that was sure of its language may be final before that."""
         self._utt_language = result.language
-        sure = heard >= LID_EARLY_S and result.language_probability >= LID_SURE
-        self._utt_language_locked = sure or heard >= LID_LOCK_S
+        sure = result.language_probability >= LID_SURE
+        self._utt_language_locked = (sure and heard >= LID_EARLY_S) or heard >= LID_LOCK_S
+        self._utt_language_sure = sure or self._utt_language_locked
 
     def _clamped(self, words: list[_Word]) -> list[_Word]:
         """Word times made monotonic and kept inside the unconfirmed audio."""

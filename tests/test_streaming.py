@@ -99,6 +99,10 @@ def test_committed_words_heard_again_at_the_window_start_are_skipped():
     assert skip_committed([" no"], 1.0, [(" no", 2.5, 2.8)]) == 0
     # No text matches: words lying in committed audio go, by time.
     assert skip_committed([" um"], 5.0, [(" uh", 4.6, 5.0), (" then", 5.1, 5.4)]) == 1
+    # A common word matched, but what follows was squeezed into committed audio (Whisper's misalignment of
+    # text it hallucinated there): those words go too, not just the matched one.
+    squeezed = [(" the", 5.3, 5.9), (" invention", 5.9, 5.9), (" of", 5.9, 5.9), (" middle", 8.4, 8.6)]
+    assert skip_committed([" metal", " letters", " in", " the"], 8.4, squeezed) == 3
 
 
 def test_the_window_restarts_one_word_before_the_latest_sentence_end():
