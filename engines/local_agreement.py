@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from engines.types import StreamOptions
+
 
 def normalize_word(text: str) -> str:
     """Comparison key of a word: case, punctuation, spacing and accents' composition do not count.
@@ -212,3 +214,16 @@ def next_action(facts: DecodeFacts, policy: DecodePolicy) -> Action:
     if facts.new_audio_s >= decode_interval(policy, facts.last_decode_cost_s):
         return Action.DECODE
     return Action.WAIT
+
+
+# Finding speech's end takes the VAD about this long beyond the silence it needs (its 32 ms windows, the
+# hysteresis, and 100 ms steps): subtracted from max_endpoint_delay_ms.
+ENDPOINT_SLACK_S = 0.15
+
+
+def endpoint_silence(options: StreamOptions) -> float:
+    """Silence that ends an utterance: `endpoint_silence_s`, shortened so that the endpoint comes within
+    `max_endpoint_delay_ms` of the end of speech."""
+    if options.max_endpoint_delay_ms is None:
+        return options.endpoint_silence_s
+    return min(options.endpoint_silence_s, options.max_endpoint_delay_ms / 1000 - ENDPOINT_SLACK_S)

@@ -30,15 +30,17 @@ from engines.local_agreement import (
     DecodeFacts,
     DecodePolicy,
     agreed_prefix_len,
+    endpoint_silence,
     loop_start,
     next_action,
-    normalize_word,
     skip_committed,
     stable_prefix_len,
     words_leaving_window,
 )
 from engines.stream_audio import AudioBuffer, LogMel, SpeechTracker
 from engines.stream_driver import StreamDriver, default_driver
+from engines.stream_language import UtteranceLanguage
+from engines.stream_words import TimedWord, clip_prompt, keep_pending_words, ms, to_token
 from engines.types import (
     MAX_ENDPOINT_DELAY_MS,
     SAMPLE_RATE,
@@ -57,25 +59,11 @@ ANCHOR_MARGIN_S = 0.25  # word boundaries are approximate: start a little early,
 END_PAD_S = 0.4  # silence after the last speech that a window includes (more invites hallucinations)
 SPEECH_PAD_S = 0.4  # audio kept before detected speech (VAD onsets are late, most of all unvoiced ones)
 SETTLE_S = 0.25  # a decode that heard this much audio after the speech needs no repeat at a pause
-PROMPT_CHARS = 200  # committed text passed as prompt (Whisper's prompt holds ~224 tokens)
-LID_LOCK_S = 2.0  # after this much utterance audio the detected language stops changing
-LID_EARLY_S, LID_SURE = 1.0, 0.9  # ... or after this much, when the detection is this sure
-# Finding speech's end takes the VAD about this long beyond the silence it needs (its 32 ms windows, the
-# hysteresis, and steps of STEP_S): subtracted from max_endpoint_delay_ms.
-ENDPOINT_SLACK_S = 0.15
 SPEAKER_AUDIO_S = 6.0  # audio handed to speaker_fn: the utterance up to the new words, at most this
 STEP_S = 0.1  # accept() walks longer chunks in steps of this much audio (VAD and endpoint decisions)
 HOP = LogMel.HOP
 
 Steps = Generator["WindowRequest", SttResult, Any]
-
-
-@dataclass(frozen=True)
-class _Word:
-    text: str
-    start: int  # samples from stream start
-    end: int
-    probability: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,19 +115,19 @@ class WhisperStream:
                                     endpoint_silence_s=endpoint_silence(options))
         self._rule = commit or CommitRule()
         self._context_s = context_s
-        self._fixed_language: str | None = engine.fixed_language(options.language_hints)
+        self._language = UtteranceLanguage(engine.fixed_language(options.language_hints))
         self._buf = AudioBuffer()
         self._vad = SpeechTracker()
         self._mel = LogMel(engine.mel_filters)
         self._window_start = 0  # audio before this is final: committed words or skipped silence
         self._committed_end = 0  # end of the last committed word
         self._anchor = 0  # decode windows start here: <= window start, on a committed word boundary
-        self._anchored: list[_Word] = []  # committed words after the anchor, heard again by each decode
+        self._anchored: list[TimedWord] = []  # committed words after the anchor, heard again by each decode
         self._prompt = ""  # committed text before the anchor
         self._prompt_language: str | None = None
-        self._pending: list[_Word] = []  # the unconfirmed rest of the last hypothesis
+        self._pending: list[TimedWord] = []  # the unconfirmed rest of the last hypothesis
         self._partial: tuple[StreamToken, ...] = ()  # the same object while nothing changed
-        self._partial_source: list[_Word] | None = None
+        self._partial_source: list[TimedWord] | None = None
         self._last_decode_at = 0  # buffer end at the last decode
         self._decode_cost = 0.0
         self._finished = False
@@ -265,7 +253,7 @@ class WhisperStream:
     def _keep_context_for_next_utterance(self) -> None:
         """The next utterance's windows re-hear the last UTTERANCE_CONTEXT_S of this one's words (its first
         word, read alone after a pause, is misread: "ask" as "S."), unless it may be in another language."""
-        if self._fixed_language is None:
+        if self._language.fixed is None:
             keep = 0
         else:
             cut = self._committed_end - int(UTTERANCE_CONTEXT_S * SAMPLE_RATE)
@@ -288,9 +276,7 @@ class WhisperStream:
     def _new_utterance(self, start: int) -> None:
         self._utt_start = start
         self._utt_words = 0
-        self._utt_language: str | None = self._fixed_language
-        self._utt_language_locked = self._fixed_language is not None
-        self._utt_language_sure = self._utt_language_locked  # the last decode's language is trustworthy
+        self._language.start_utterance()
 
     def _skip_silence(self) -> None:
         """No speech since the window start: let the window follow the audio, minus a pad."""
@@ -313,7 +299,7 @@ class WhisperStream:
         speech = self._pending or self._vad.speech_start_after(self._window_start) is not None
         if speech and self._last_decode_at < min(self._buf.end, speech_end + int(SETTLE_S * SAMPLE_RATE)):
             hypothesis = yield from self._decode()
-            words = _keep_pending_words(self._pending, hypothesis)
+            words = keep_pending_words(self._pending, hypothesis)
         else:
             words = self._pending
         final = self._commit(words)
@@ -338,11 +324,11 @@ class WhisperStream:
     def _decode_and_commit(self, heard_out: bool = False) -> Generator[WindowRequest, SttResult, list[StreamToken]]:
         final = self._force_commit_if_too_long()
         hypothesis = yield from self._decode()
-        merged = _keep_pending_words(self._pending, hypothesis)
+        merged = keep_pending_words(self._pending, hypothesis)
         heard = self._buf.end / SAMPLE_RATE + (self._rule.margin_s if heard_out else 0.0)
         n = min(agreed_prefix_len([w.text for w in self._pending], [w.text for w in hypothesis]),
                 sum(1 for w in merged if w.end / SAMPLE_RATE <= heard - self._rule.agree_margin_s))
-        if self._utt_language_sure:  # a word read in a language still being identified may be misread
+        if self._language.sure:  # a word read in a language still being identified may be misread
             n = max(n, stable_prefix_len([(w.end / SAMPLE_RATE, w.probability) for w in merged], heard, self._rule))
         final += self._commit(merged[:n])
         # A hypothesis that lost words keeps the lost ones pending: a later decode or the pause commits them.
@@ -363,7 +349,7 @@ class WhisperStream:
 
     # ------------------------------------------------------------ decoding
 
-    def _decode(self) -> Generator[WindowRequest, SttResult, list[_Word]]:
+    def _decode(self) -> Generator[WindowRequest, SttResult, list[TimedWord]]:
         """Decode [anchor, now) and return the hypothesis words after the committed ones."""
         margin = int(ANCHOR_MARGIN_S * SAMPLE_RATE) if self._anchored else 0
         start = -(-max(self._anchor - margin, self._buf.start) // HOP) * HOP
@@ -372,7 +358,7 @@ class WhisperStream:
             end = max(self._vad.last_speech_end + int(END_PAD_S * SAMPLE_RATE), start)
         end = max(end // HOP * HOP, start)
         self._mel.update(self._buf)
-        language = self._utt_language if self._utt_language_locked else None
+        language = self._language.request
         if language != self._prompt_language:  # a prompt in another language misleads
             self._prompt, self._prompt_language = "", language
         began = self._clock()
@@ -380,10 +366,11 @@ class WhisperStream:
                                      self._options.language_hints, self._prompt or None, self._options)
         self._decode_cost = max(self._clock() - began, 0.0)
         self._last_decode_at = self._buf.end
-        if not self._utt_language_locked:
-            self._identified(result, heard=(end - max(self._utt_start, start)) / SAMPLE_RATE)
+        if language is None:
+            heard = (end - max(self._utt_start, start)) / SAMPLE_RATE
+            self._language.identified(result.language, result.language_probability, heard)
         words = [
-            _Word(w.text, start + int(w.start * SAMPLE_RATE), start + int(w.end * SAMPLE_RATE), w.probability)
+            TimedWord(w.text, start + int(w.start * SAMPLE_RATE), start + int(w.end * SAMPLE_RATE), w.probability)
             for seg in result.segments
             for w in seg.words
             if w.text.strip() and w.start < (end - start) / SAMPLE_RATE  # not aligned into the padding
@@ -396,29 +383,20 @@ class WhisperStream:
         )
         return self._clamped(words[k:])
 
-    def _identified(self, result: SttResult, heard: float) -> None:
-        """The utterance's language, as the decode that just ran detected it from the window: it stops
-        changing once enough of the utterance was heard (and then decodes name it, sharing batches). Words of
-        a decode that was sure of its language may be final before that."""
-        self._utt_language = result.language
-        sure = result.language_probability >= LID_SURE
-        self._utt_language_locked = (sure and heard >= LID_EARLY_S) or heard >= LID_LOCK_S
-        self._utt_language_sure = sure or self._utt_language_locked
-
-    def _clamped(self, words: list[_Word]) -> list[_Word]:
+    def _clamped(self, words: list[TimedWord]) -> list[TimedWord]:
         """Word times made monotonic and kept inside the unconfirmed audio."""
-        out: list[_Word] = []
+        out: list[TimedWord] = []
         floor = self._committed_end
         for w in words:
             start = min(max(w.start, floor), self._buf.end)
             end = min(max(w.end, start), self._buf.end)
-            out.append(_Word(w.text, start, end, w.probability))
+            out.append(TimedWord(w.text, start, end, w.probability))
             floor = end
         return out
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _commit(self, words: list[_Word]) -> list[StreamToken]:
+    def _commit(self, words: list[TimedWord]) -> list[StreamToken]:
         """Make words final: advance the committed audio and the anchor, tag speaker and language."""
         if not words:
             return []
@@ -428,7 +406,7 @@ class WhisperStream:
             begin = max(self._utt_start, self._buf.start, end - int(SPEAKER_AUDIO_S * SAMPLE_RATE))
             clip = self._buf.view(begin, end)
             speaker = self._speaker_fn(clip) if len(clip) else None
-        language = self._utt_language if self._options.enable_language_identification else None
+        language = self._language.language if self._options.enable_language_identification else None
         self._committed_end = max(self._committed_end, words[-1].end)
         self._window_start = max(self._window_start, self._committed_end)
         self._anchored.extend(words)
@@ -443,11 +421,11 @@ class WhisperStream:
         if drop:
             self._move_anchor(self._anchored[drop - 1].end, drop)
         self._trim()
-        return [_token(w, True, language, speaker) for w in words]
+        return [to_token(w, True, language, speaker) for w in words]
 
     def _move_anchor(self, to: int, drop: int) -> None:
         """Windows start at `to` from now on; the first `drop` anchored words move into the prompt."""
-        self._prompt = _clip_prompt(self._prompt + "".join(w.text for w in self._anchored[:drop]))
+        self._prompt = clip_prompt(self._prompt + "".join(w.text for w in self._anchored[:drop]))
         self._anchored = self._anchored[drop:]
         self._anchor = max(self._anchor, to)
 
@@ -461,73 +439,13 @@ class WhisperStream:
 
     def _update(self, final: list[StreamToken], endpoint: bool = False, finalized: bool = False) -> StreamUpdate:
         if self._partial_source is not self._pending:
-            language = self._utt_language if self._options.enable_language_identification else None
-            self._partial = tuple(_token(w, False, language, None) for w in self._pending)
+            language = self._language.language if self._options.enable_language_identification else None
+            self._partial = tuple(to_token(w, False, language, None) for w in self._pending)
             self._partial_source = self._pending
         return StreamUpdate(
             tokens=tuple(final) + self._partial if final else self._partial,
-            final_audio_proc_ms=_ms(min(self._window_start, self._buf.end)),
-            total_audio_proc_ms=_ms(self._buf.end),
+            final_audio_proc_ms=ms(min(self._window_start, self._buf.end)),
+            total_audio_proc_ms=ms(self._buf.end),
             endpoint=endpoint,
             finalized=finalized,
         )
-
-
-def endpoint_silence(options: StreamOptions) -> float:
-    """Silence that ends an utterance: `endpoint_silence_s`, shortened so that the endpoint comes within
-    `max_endpoint_delay_ms` of the end of speech."""
-    if options.max_endpoint_delay_ms is None:
-        return options.endpoint_silence_s
-    return min(options.endpoint_silence_s, options.max_endpoint_delay_ms / 1000 - ENDPOINT_SLACK_S)
-
-
-def _keep_pending_words(pending: list[_Word], fresh: list[_Word]) -> list[_Word]:
-    """The unconfirmed words after a decode: the fresh hypothesis, unless it only lost words.
-
-    A fresh decode hears all the audio the pending words came from and more, yet Whisper (small models
-    most of all, on a short window after a prompt) sometimes skips words: "can do for your country."
-    comes back as "country.". When the fresh words are the pending ones with some missing (then
-    possibly new words after them), the pending words stay: the next decode may confirm them, and an
-    utterance that ends first still has them. A fresh word that contradicts them means Whisper heard
-    something else, and the fresh hypothesis wins as LocalAgreement has it.
-    """
-    if len(fresh) >= len(pending):
-        return fresh
-    keys = [normalize_word(w.text) for w in pending]
-    matched, i = 0, 0
-    for w in fresh:  # the longest start of `fresh` found in order inside `pending`
-        key = normalize_word(w.text)
-        while i < len(keys) and keys[i] != key:
-            i += 1
-        if i == len(keys):
-            break
-        matched, i = matched + 1, i + 1
-    rest = fresh[matched:]
-    if (fresh and not matched) or (rest and rest[0].start < pending[-1].end):
-        return fresh
-    return pending + rest
-
-
-def _ms(samples: int) -> int:
-    return samples * 1000 // SAMPLE_RATE
-
-
-def _token(w: _Word, final: bool, language: str | None, speaker: int | None) -> StreamToken:
-    return StreamToken(
-        text=w.text,
-        start_ms=_ms(w.start),
-        end_ms=_ms(w.end),
-        confidence=round(float(w.probability), 4),
-        is_final=final,
-        language=language,
-        speaker=speaker,
-    )
-
-
-def _clip_prompt(text: str) -> str:
-    """The last PROMPT_CHARS of committed text, cut at a word boundary."""
-    if len(text) <= PROMPT_CHARS:
-        return text
-    text = text[-PROMPT_CHARS:]
-    space = text.find(" ")
-    return text[space:] if space >= 0 else text

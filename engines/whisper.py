@@ -34,26 +34,22 @@ from engines.types import (
 )
 from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
 from engines.whisper_text import choose_language, group_words, is_silence, normalize_language
+from engines.whisper_window import (
+    STREAM_BEAM_SIZE,
+    WINDOW_FRAMES,
+    batch_limit,
+    bucket_context,
+    encoder_frames,
+    generation_limit,
+    stream_max_tokens,
+)
 
 if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
 
 Task = Literal["transcribe", "translate"]
 
-WINDOW_FRAMES = 3000  # 30 s of 10 ms log-Mel frames: the encoder's fixed input
 MAX_PROMPT_TOKENS = 223  # Whisper's limit for the <|startofprev|> context (half of 448, minus one)
-STREAM_PAD_FRAMES, STREAM_MIN_FRAMES = 200, 1000  # see stream_encoder_frames
-STREAM_BUCKET_FRAMES = {"cpu": 100, "cuda": 500}
-# Context-prompt lengths (tokens) a streaming window's previous text is cut to: few lengths, so that the
-# windows of many streams share batches; 32 tokens (~25 words) is the context Whisper needs to continue.
-STREAM_PROMPT_BUCKETS = (0, 32)
-STREAM_BATCH_FACTOR = 4  # see _batch_limit
-STREAM_TOKENS = (16, 10)  # tokens a streaming window may generate: this many, plus this many per second
-MAX_LENGTH = 448  # Whisper's decoder positions
-# Streaming windows decode greedily: re-decoded every few hundred ms, they gain nothing measurable from a
-# beam (bench_realtime's programmes: WER 0.062 greedy vs 0.073 with 5 beams, tiny.en; 0.067 vs 0.081 with
-# base), and the decoder's share of a large GPU batch shrinks several times.
-STREAM_BEAM_SIZE = 1
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 _INSTALL_HINTS = {
@@ -92,7 +88,7 @@ class _Item:
     slot: _LanguageSlot | None = None
     detects: bool = False  # this item's encoder output decides `slot` (the request's first chunk)
     beam_size: int = 0  # 0: the engine's; part of the batch key (one generate call per beam size)
-    max_tokens: int = 0  # 0: up to Whisper's limit; else tokens generated at most (see _generation_limit)
+    max_tokens: int = 0  # 0: up to Whisper's limit; else tokens generated at most (see whisper_window.generation_limit)
 
 
 @dataclass(frozen=True)
@@ -228,7 +224,7 @@ class WhisperEngine:
 
         `features` (normalized log-Mel, (n_mels, frames), as `engines.stream_audio.LogMel.window` gives) replace
         `audio` for streams that compute them incrementally. The encoder hears only the window plus some
-        padding (`stream_encoder_frames`), not a padded 30 s. Without `language`, the language is detected
+        padding (`whisper_window.encoder_frames`), not a padded 30 s. Without `language`, the language is detected
         from the window's own encoder output, among `language_hints` as `choose_language` rules."""
         hop = SAMPLE_RATE // self._wm.frames_per_second  # samples per feature frame
         if features is None:
@@ -246,14 +242,14 @@ class WhisperEngine:
             return done
         from faster_whisper.audio import pad_or_trim
 
-        feats = np.ascontiguousarray(pad_or_trim(feats, stream_encoder_frames(frames, self.device)), dtype=np.float32)
+        feats = np.ascontiguousarray(pad_or_trim(feats, encoder_frames(frames, self.device)), dtype=np.float32)
         known = self._known_language(hints)  # unknown: detected in the window's own batch (see _LanguageSlot)
         slot = None if known is not None else _LanguageSlot(self._usable_hints(hints))
         lang = known[0] if known is not None else "auto"
         tok = self._tokenizer(task, known[0] if known is not None else "en")
-        full_prompt = self._prompt(tok, tuple(terms), prompt, STREAM_PROMPT_BUCKETS)
+        full_prompt = self._prompt(tok, tuple(terms), prompt, streaming=True)
         item = _Item(feats, frames, duration, full_prompt, task, lang, slot, True, STREAM_BEAM_SIZE,
-                     int(STREAM_TOKENS[0] + STREAM_TOKENS[1] * duration))
+                     stream_max_tokens(duration))
         key = _batch_key(task, lang, full_prompt, feats.shape[-1], STREAM_BEAM_SIZE)
         queued = self._pick_worker().submit(item, key, priority)
 
@@ -340,19 +336,15 @@ class WhisperEngine:
             return tok
 
     def _prompt(
-        self, tok: Tokenizer, terms: Sequence[str], previous: str | None, buckets: Sequence[int] = ()
+        self, tok: Tokenizer, terms: Sequence[str], previous: str | None, streaming: bool = False
     ) -> tuple[int, ...]:
         """[<|startofprev|> glossary + previous text] + <|sot|><|lang|><|task|>. Terms go first so the
-        most recent context survives truncation next to the start-of-transcript token. With `buckets`, the
-        context is cut (oldest text first) to the largest bucket length it reaches: prompts of equal length
-        share a batch (see _batch_key), so streams with different histories still decode together."""
+        most recent context survives truncation next to the start-of-transcript token. A streaming window's
+        context is cut to a few lengths (`bucket_context`) so that many streams share batches."""
         glossary = [t.strip() for t in terms if t.strip()]
         gloss = tok.encode(" Glossary: " + ", ".join(glossary) + ".")[: MAX_PROMPT_TOKENS // 2] if glossary else []
         prev = tok.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS - len(gloss)):] if previous and previous.strip() else []
-        if buckets:  # the glossary stays whole (streams sharing one have equal lengths anyway)
-            size = max((b for b in buckets if b <= len(gloss) + len(prev)), default=0)
-            prev = prev[len(prev) - (size - len(gloss)):] if size > len(gloss) else []
-        context = gloss + prev
+        context = bucket_context(gloss, prev) if streaming else gloss + prev
         head = [tok.sot_prev, *context] if context else []
         return tuple(head + list(tok.sot_sequence) + [tok.no_timestamps])
 
@@ -456,7 +448,7 @@ class WhisperEngine:
         prompts = [list(it.prompt[: len(it.prompt) - len(tail)]) + tail for it in items]
         results = self._wm.model.generate(
             encoder_output, prompts, beam_size=items[0].beam_size or self.beam_size,
-            max_length=_generation_limit(len(prompts[0]), [it.max_tokens for it in items]),
+            max_length=generation_limit(len(prompts[0]), [it.max_tokens for it in items]),
             suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
             return_scores=True, return_no_speech_prob=True,
         )
@@ -495,40 +487,9 @@ def _batch_key(
     return ("generate", task, language, len(prompt), beam_size, frames)
 
 
-def _generation_limit(prompt_tokens: int, wanted: Sequence[int]) -> int:
-    """CTranslate2's `max_length` that lets each item generate its `max_tokens` (0: no limit).
-
-    Why: a decoding loop ("Printy. Printy. ...") otherwise runs to Whisper's 448 tokens, seconds on a CPU for
-    a window of two; a realtime window holds a few words per second. CTranslate2 4.x stops Whisper's
-    generation at min(max_length / 2, max_length - prompt + 1) new tokens (measured), hence the formula."""
-    if not wanted or min(wanted) <= 0:
-        return MAX_LENGTH
-    most = max(wanted)
-    return min(MAX_LENGTH, max(2 * most, prompt_tokens + most))
-
-
 def _batch_limit(key: Hashable, full: int) -> int:
-    """Items per batch: `full` for 30 s chunks; realtime windows, encoded shorter, are allowed
-    STREAM_BATCH_FACTOR times the encoder frames of that, since hundreds of live streams must decode within
-    a fraction of a second: every stream that waits out a batch adds that batch's time to its lag."""
     frames = key[-1] if isinstance(key, tuple) and key and key[0] == "generate" else WINDOW_FRAMES
-    if frames >= WINDOW_FRAMES:
-        return full
-    return max(full, STREAM_BATCH_FACTOR * full * WINDOW_FRAMES // max(int(frames), 1))
-
-
-def stream_encoder_frames(frames: int, device: str) -> int:
-    """Encoder input length (10 ms frames) for a streaming window of `frames`.
-
-    Why: Whisper's encoder costs the same for 2 s of speech padded to 30 s as for 30 s, and a realtime
-    stream decodes a few seconds several times a second; CTranslate2 encodes shorter inputs, so a window is
-    encoded with STREAM_PAD_FRAMES of padding after it, and at least STREAM_MIN_FRAMES in all (with less,
-    Whisper repeats or drops words of short windows: "And so my fellow Americans. And so my fellow
-    Americans."), rounded up to a bucket so windows of different streams share a batch: 1 s on a CPU,
-    where padding costs compute, 5 s on a GPU, where batch sharing matters more."""
-    bucket = STREAM_BUCKET_FRAMES["cuda" if device == "cuda" else "cpu"]
-    wanted = max(STREAM_MIN_FRAMES, frames + STREAM_PAD_FRAMES)
-    return min(WINDOW_FRAMES, -(-wanted // bucket) * bucket)
+    return batch_limit(int(frames), full)
 
 
 def _to_segments(chunk: Chunk, decoded: _Decoded, language: str, keep_words: bool) -> list[Segment]:

@@ -137,7 +137,7 @@ def test_decode_policy():
 
 
 def test_max_endpoint_delay_shortens_the_silence_that_ends_an_utterance():
-    from engines.streaming import ENDPOINT_SLACK_S, endpoint_silence
+    from engines.local_agreement import ENDPOINT_SLACK_S, endpoint_silence
 
     assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8)) == 0.8
     assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8, max_endpoint_delay_ms=3000)) == 0.8
@@ -169,7 +169,8 @@ def test_incremental_log_mel_matches_whisper_front_end(testdata: Path):
 
 
 def test_a_decode_that_only_lost_words_keeps_them_pending():
-    from engines.streaming import _keep_pending_words, _Word
+    from engines.stream_words import TimedWord as _Word
+    from engines.stream_words import keep_pending_words as _keep_pending_words
 
     def ws(*spec: tuple[str, int, int]) -> list[_Word]:
         return [_Word(t, s, e, 0.9) for t, s, e in spec]
