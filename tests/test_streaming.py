@@ -136,6 +136,32 @@ def test_decode_policy():
     assert next_action(facts(new_audio_s=1.9, last_decode_cost_s=1.5), policy) is Action.DECODE
 
 
+def test_realtime_windows_are_shaped_to_share_batches():
+    from engines.whisper_window import (
+        STREAM_MIN_FRAMES,
+        WINDOW_FRAMES,
+        batch_limit,
+        bucket_context,
+        encoder_frames,
+        generation_limit,
+    )
+
+    # The encoder hears the window plus padding, at least 10 s, in buckets (finer on a CPU), at most 30 s.
+    assert encoder_frames(300, "cpu") == encoder_frames(300, "cuda") == STREAM_MIN_FRAMES
+    assert encoder_frames(950, "cpu") == 1200 and encoder_frames(950, "cuda") == 1500
+    assert encoder_frames(2990, "cpu") == WINDOW_FRAMES
+    # Previous text is cut to one of few lengths; a glossary stays whole.
+    assert bucket_context([], list(range(20))) == []
+    assert bucket_context([], list(range(50))) == list(range(18, 50))
+    assert bucket_context([7] * 10, list(range(50))) == [7] * 10 + list(range(28, 50))
+    assert bucket_context([7] * 40, list(range(50))) == [7] * 40
+    # Generation stops after the wanted tokens (CTranslate2 counts the prompt and halves max_length).
+    assert generation_limit(2, [40, 30]) == 80 and generation_limit(60, [40]) == 100
+    assert generation_limit(2, [0]) == generation_limit(400, [300]) == 448
+    # Short windows fill larger batches than 30 s chunks.
+    assert batch_limit(WINDOW_FRAMES, 16) == 16 and batch_limit(1000, 16) == 192
+
+
 def test_max_endpoint_delay_shortens_the_silence_that_ends_an_utterance():
     from engines.local_agreement import ENDPOINT_SLACK_S, endpoint_silence
 
