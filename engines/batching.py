@@ -93,12 +93,14 @@ def service_order(queue: Sequence[_Entry]) -> list[_Entry]:
     return [e for _, e in keyed]
 
 
-def take_batch(queue: Sequence[_Entry], limit: int) -> tuple[list[_Entry], list[_Entry]]:
-    """Splits a queue into (the batch: up to `limit` entries of the head's key in serving order; the rest)."""
+def take_batch(queue: Sequence[_Entry], limit_of: Callable[[Hashable], int]) -> tuple[list[_Entry], list[_Entry]]:
+    """Splits a queue into (the batch: up to `limit_of(key)` entries of the head's key in serving order; the
+    rest)."""
     order = service_order(queue)
     if not order:
         return [], []
     key = order[0].key
+    limit = limit_of(key)
     taken: list[_Entry] = []
     rest: list[_Entry] = []
     for entry in order:
@@ -124,6 +126,7 @@ class BatchWorker(Generic[T, R]):
         batch_window_ms: float,
         name: str = "batch-worker",
         on_stage: Callable[[str, float], None] | None = None,
+        batch_limit: Callable[[Hashable], int] | None = None,
     ) -> None:
         """`on_stage("queue_wait", seconds)` is called per item when its batch starts (metrics)."""
         if max_batch_size < 1:
@@ -131,6 +134,8 @@ class BatchWorker(Generic[T, R]):
         self._run_batch = run_batch
         self._on_stage = on_stage
         self.max_batch_size = max_batch_size
+        # Items of some keys are smaller (a realtime window encoded at its own length): more fit a batch.
+        self._limit = batch_limit or (lambda _key: max_batch_size)
         self.batch_window_s = max(0.0, batch_window_ms) / 1000.0
         self._queue: list[_Entry] = []  # a heap
         self._seq = itertools.count()
@@ -196,13 +201,13 @@ class BatchWorker(Generic[T, R]):
                 head = service_order(self._queue)[0]
                 same = sum(1 for e in self._queue if e.key == head.key)
                 remaining = head.enqueued + self.batch_window_s - time.monotonic()
-                if same >= self.max_batch_size or remaining <= 0:
+                if same >= self._limit(head.key) or remaining <= 0:
                     break
                 self._cond.wait(remaining)
             if self._closed:
                 return None
             # The head is chosen again: a realtime item that arrived during the window goes first.
-            batch, rest = take_batch(self._queue, self.max_batch_size)
+            batch, rest = take_batch(self._queue, self._limit)
             heapq.heapify(rest)
             self._queue = rest
             return batch

@@ -96,6 +96,12 @@ class SpeechTracker:
     def in_speech(self) -> bool:
         return self._open is not None and self._open[1] - self._open[0] >= self._min_speech
 
+    @property
+    def heard_to(self) -> int:
+        """Where audio the VAD judged silence ends: the start of the run in progress (speech or a blip
+        too short to count yet), else everything processed."""
+        return self.processed if self._open is None else self._open[0]
+
     def trailing_silence(self) -> int:
         return 0 if self.in_speech else self.processed - max(self.last_speech_end, 0)
 
@@ -109,3 +115,74 @@ class SpeechTracker:
 
     def prune(self, before: int) -> None:
         self._runs = [r for r in self._runs if r[1] > before]
+
+
+class LogMel:
+    """Whisper's log-Mel front end computed incrementally: each 10 ms frame once, as its audio arrives.
+
+    Why: a stream re-decodes its live window every few hundred ms; recomputing the spectrogram of the whole
+    window each time costs more CPU than the decode on a busy GPU server (hundreds of streams). Frames are
+    stored as log10 power (the window-wide clamp and scaling of Whisper's front end depend on the window, so
+    they are applied in `window`). Frame k is centred on absolute sample k * HOP, as in faster-whisper's
+    `FeatureExtractor` (audio before the stream start counts as silence instead of a reflection).
+    """
+
+    HOP = 160
+    N_FFT = 400
+
+    def __init__(self, filters: np.ndarray) -> None:
+        self._filters_t = np.ascontiguousarray(np.asarray(filters, dtype=np.float32).T)  # (N_FFT // 2 + 1, n_mels)
+        self._hann = np.hanning(self.N_FFT + 1)[:-1].astype(np.float32)
+        self._data = np.zeros((8 * SAMPLE_RATE // self.HOP, self.n_mels), dtype=np.float32)  # (frames, mels)
+        self.start = 0  # absolute index of _data[0]
+        self.done = 0  # frames computed: all k < done
+
+    @property
+    def n_mels(self) -> int:
+        return int(self._filters_t.shape[1])
+
+    def update(self, buffer: AudioBuffer) -> None:
+        """Computes every frame whose analysis window lies inside the audio received so far."""
+        last = (buffer.end - self.N_FFT // 2) // self.HOP + 1
+        if last > self.done:
+            frames = self._frames(buffer, self.done, last, buffer.end)
+            used = self.done - self.start
+            if used + len(frames) > len(self._data):
+                grown = np.zeros((max(2 * len(self._data), used + len(frames)), self.n_mels), dtype=np.float32)
+                grown[:used] = self._data[:used]
+                self._data = grown
+            self._data[used : used + len(frames)] = frames
+            self.done = last
+
+    def window(self, buffer: AudioBuffer, start: int, end: int) -> np.ndarray:
+        """Normalized features (n_mels, frames) of samples [start, end), start and end multiples of HOP:
+        stored frames, then the last few (whose analysis window passes `end`) with silence after `end`."""
+        first, stop = start // self.HOP, end // self.HOP
+        stored = self._data[max(first, self.start) - self.start : max(min(stop, self.done) - self.start, 0)]
+        if stop > max(self.done, first):
+            stored = np.concatenate([stored, self._frames(buffer, max(self.done, first), stop, end)])
+        log = stored.T
+        if log.size:
+            log = np.maximum(log, log.max() - 8.0)
+        return np.ascontiguousarray((log + 4.0) / 4.0, dtype=np.float32)
+
+    def prune(self, before: int) -> None:
+        """Forget frames of audio before sample `before` (absolute)."""
+        drop = min(before // self.HOP, self.done) - self.start
+        if drop > 0:
+            used = self.done - self.start
+            self._data[: used - drop] = self._data[drop:used]
+            self.start += drop
+
+    def _frames(self, buffer: AudioBuffer, first: int, stop: int, audio_end: int) -> np.ndarray:
+        """log10 Mel power of frames [first, stop); samples outside [buffer.start, audio_end) are zeros."""
+        half = self.N_FFT // 2
+        lo, hi = first * self.HOP - half, (stop - 1) * self.HOP + half
+        audio = np.zeros(hi - lo, dtype=np.float32)
+        a, b = max(lo, buffer.start), min(hi, audio_end)
+        if b > a:
+            audio[a - lo : b - lo] = buffer.view(a, b)
+        windows = np.lib.stride_tricks.sliding_window_view(audio, self.N_FFT)[:: self.HOP]
+        spectrum = np.fft.rfft(windows * self._hann, axis=-1)
+        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
+        return np.log10(np.maximum(power @ self._filters_t, 1e-10))

@@ -9,6 +9,7 @@ field says otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -114,16 +115,25 @@ class SttResult:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
+MAX_ENDPOINT_DELAY_MS = (500, 3000)  # the range Soniox accepts for max_endpoint_delay_ms
+
+
 @dataclass(frozen=True)
 class StreamOptions:
+    # Languages the speaker uses, preferred by the identification (a hinted language wins unless another is
+    # clearly more probable, engines.whisper_text.choose_language); it runs again for every utterance.
     language_hints: tuple[str, ...] = ()
+    language: str | None = None  # forced: every utterance is decoded in it, no identification
     task: Literal["transcribe", "translate"] = "transcribe"
     terms: tuple[str, ...] = ()
-    enable_language_identification: bool = False
-    enable_endpoint_detection: bool = False
-    endpoint_silence_s: float = 0.8
-    # Shortest stretch of new audio between re-decodes; it grows with the decode cost under load. Finals
-    # need two agreeing decodes, so this bounds how soon a word can become final.
+    enable_language_identification: bool = False  # tokens carry their utterance's language
+    enable_endpoint_detection: bool = False  # updates flag the end of each utterance (an "<end>" token)
+    endpoint_silence_s: float = 0.8  # silence that ends an utterance
+    # Upper bound on the time from the end of speech to its endpoint (Soniox's max_endpoint_delay_ms,
+    # MAX_ENDPOINT_DELAY_MS); None: endpoint_silence_s alone decides.
+    max_endpoint_delay_ms: int | None = None
+    # Shortest stretch of new audio between re-decodes; it grows with the decode cost under load. A word is
+    # final at the first decode that hears enough audio after it, so this bounds how soon that happens.
     decode_interval_s: float = 1.0
 
 
@@ -144,18 +154,35 @@ class StreamUpdate:
     final_audio_proc_ms: int
     total_audio_proc_ms: int
     endpoint: bool = False  # a pause finalized the utterance: the caller emits an "<end>" token
+    finalized: bool = False  # a finalize request made every pending token final: the caller emits "<fin>"
 
 
 class SttStream(Protocol):
-    """Per-connection state; the engine's weights are shared between streams."""
+    """Per-connection state; the engine's weights are shared between streams.
+
+    Calls on one stream run in the order they are made; the blocking ones wait for `submit`'s Future."""
 
     def accept(self, pcm: np.ndarray) -> StreamUpdate: ...
 
-    def accept_all(self, pcm: np.ndarray) -> list[StreamUpdate]:
-        """Like accept, but one update per utterance that ends inside `pcm` (a backlog spanning pauses)."""
+    def accept_all(self, pcm: np.ndarray, *, finalize: bool = False) -> list[StreamUpdate]:
+        """Like accept, but one update per utterance that ends inside `pcm` (a backlog spanning pauses);
+        with `finalize`, the last update is `finalize()`'s."""
         ...
 
-    def finish(self) -> StreamUpdate: ...
+    def finalize(self) -> StreamUpdate:
+        """Every pending token final at once (after one last decode), flagged `finalized`; the stream goes on."""
+        ...
+
+    def finish(self) -> StreamUpdate:
+        """Every pending token final; the stream accepts no more audio."""
+        ...
+
+    def submit(
+        self, pcm: np.ndarray | None = None, *, finalize: bool = False, finish: bool = False
+    ) -> Future[list[StreamUpdate]]:
+        """`accept_all` (or `finish`) without blocking: no thread waits while the stream's decodes run, so an
+        asyncio caller awaits `asyncio.wrap_future(stream.submit(pcm))`."""
+        ...
 
 
 @runtime_checkable

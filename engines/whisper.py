@@ -38,13 +38,21 @@ from engines.types import (
 )
 from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
 from engines.whisper_text import choose_language, group_words, is_silence, normalize_language, usable_codes
+from engines.whisper_window import (
+    STREAM_BEAM_SIZE,
+    WINDOW_FRAMES,
+    batch_limit,
+    bucket_context,
+    encoder_frames,
+    generation_limit,
+    stream_max_tokens,
+)
 
 if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
 
 Task = Literal["transcribe", "translate"]
 
-WINDOW_FRAMES = 3000  # 30 s of 10 ms log-Mel frames: the encoder's fixed input
 MAX_PROMPT_TOKENS = 223  # Whisper's limit for the <|startofprev|> context (half of 448, minus one)
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
 _APPEND = "\"'.。,，!！?？:：”)]}、"
@@ -83,6 +91,8 @@ class _Item:
     language: str = "en"  # with `slot`: a placeholder the worker replaces by the slot's language
     slot: _LanguageSlot | None = None
     detects: bool = False  # this item's encoder output decides `slot` (the request's first chunk)
+    beam_size: int = 0  # 0: the engine's; part of the batch key (one generate call per beam size)
+    max_tokens: int = 0  # 0: up to Whisper's limit; else tokens generated at most (see whisper_window.generation_limit)
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,8 @@ class WhisperEngine:
         replicas = (max(1, len(device_index)) if device == "cuda" else 1) * per_device
         self.workers = tuple(
             BatchWorker(self._run_batch, max_batch_size=batch, batch_window_ms=batch_window_ms,
-                        name=f"whisper-{model_name}-{i}", on_stage=on_stage)
+                        name=f"whisper-{model_name}-{i}", on_stage=on_stage,
+                        batch_limit=lambda key: _batch_limit(key, batch))
             for i in range(replicas)
         )
 
@@ -223,27 +234,88 @@ class WhisperEngine:
         group: object = None,
         hints: Sequence[str] = (),
     ) -> SttResult:
-        """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming.
-        `language` forces the language; otherwise it is detected in the window's own batch, preferring
-        `hints`. `group` (e.g. the stream) lets the batch queue share the model fairly between streams."""
-        pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
-        duration = pcm.size / SAMPLE_RATE
-        if pcm.size == 0:
-            return SttResult((), language or "en", 0.0, 0.0)
-        worker = self._pick_worker()
-        feats = self._features(pcm)
+        """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming."""
+        return self.submit_window(
+            audio, language=language, language_hints=hints, task=task, prompt=prompt, terms=terms,
+            priority=priority, word_timestamps=word_timestamps, group=group,
+        ).result()
+
+    def submit_window(
+        self,
+        audio: np.ndarray | None = None,
+        *,
+        features: np.ndarray | None = None,
+        language: str | None = None,
+        language_hints: Sequence[str] = (),
+        task: Task = "transcribe",
+        prompt: str | None = None,
+        terms: Sequence[str] = (),
+        priority: int = PRIORITY_REALTIME,
+        word_timestamps: bool = True,
+        group: object = None,
+    ) -> Future[SttResult]:
+        """`transcribe_window` without waiting: the window is queued for the next batch and the future settles
+        when it is decoded, so a caller driving many streams holds no thread per decode.
+
+        `features` (normalized log-Mel, (n_mels, frames), as `engines.stream_audio.LogMel.window` gives) replace
+        `audio` for streams that compute them incrementally. The encoder hears only the window plus some
+        padding (`whisper_window.encoder_frames`), not a padded 30 s. Without `language`, the language is detected
+        from the window's own encoder output, preferring `language_hints` as `choose_language` rules. `group` (the
+        stream) lets the batch queue share the model fairly between streams."""
+        hop = SAMPLE_RATE // self._wm.frames_per_second  # samples per feature frame
+        if features is None:
+            pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
+            feats = self._wm.feature_extractor(pcm)[..., :-1] if pcm.size else np.zeros((self.n_mels, 0), np.float32)
+            frames = pcm.size // hop
+        else:
+            feats = features[:, :WINDOW_FRAMES]
+            frames = feats.shape[1]
+        duration = frames / self._wm.frames_per_second
+        done: Future[SttResult] = Future()
+        hints = tuple(language_hints)
+        if frames == 0:
+            done.set_result(SttResult((), language or (hints[0] if hints else "en"), 0.0, 0.0))
+            return done
+        from faster_whisper.audio import pad_or_trim
+
+        feats = np.ascontiguousarray(pad_or_trim(feats, encoder_frames(frames, self.device)), dtype=np.float32)
         known = self._known_language(language, hints)  # unknown: detected in the window's own batch (_LanguageSlot)
         slot = None if known is not None else _LanguageSlot(self._usable_hints(hints))
         lang = known[0] if known is not None else "auto"
         tok = self._tokenizer(task, known[0] if known is not None else "en")
-        full_prompt = self._prompt(tok, tuple(terms), prompt)
-        item = _Item(feats[0], feats[1], duration, full_prompt, task, lang, slot, True)
-        [decoded] = self._run_items(
-            worker, _batch_key(task, lang, full_prompt), lambda _i: item, 1, priority, None, group
-        )
-        lang, prob = known if known is not None else _slot_language(slot)
-        segs = _to_segments(Chunk(((0, pcm.size),)), decoded, "en" if task == "translate" else lang, word_timestamps)
-        return SttResult(tuple(segs), lang, prob, duration)
+        full_prompt = self._prompt(tok, tuple(terms), prompt, streaming=True)
+        item = _Item(feats, frames, duration, full_prompt, task, lang, slot, True, STREAM_BEAM_SIZE,
+                     stream_max_tokens(duration))
+        key = _batch_key(task, lang, full_prompt, feats.shape[-1], STREAM_BEAM_SIZE)
+        queued = self._pick_worker().submit(item, key, priority, group)
+
+        def settle(fut: Future[_Decoded]) -> None:
+            try:
+                decoded = fut.result()
+                found, prob = known if known is not None else _slot_language(slot)
+                segs = _to_segments(Chunk(((0, frames * hop),)), decoded, "en" if task == "translate" else found,
+                                    word_timestamps)
+                done.set_result(SttResult(tuple(segs), found, prob, duration))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
+                done.set_exception(exc)
+
+        queued.add_done_callback(settle)
+        return done
+
+    def fixed_language(self, hints: Sequence[str], language: str | None = None) -> str | None:
+        """The language a stream decodes with when no detection is needed (English-only model, or a forced
+        `language`); None when the audio must decide, utterance by utterance (hints are preferences)."""
+        known = self._known_language(language, hints)
+        return None if known is None else known[0]
+
+    @property
+    def n_mels(self) -> int:
+        return int(self._wm.feature_extractor.mel_filters.shape[0])
+
+    @property
+    def mel_filters(self) -> np.ndarray:
+        """Mel filter bank of the model's front end, for streams computing features incrementally."""
+        return np.asarray(self._wm.feature_extractor.mel_filters)
 
     def detect_language(
         self, audio: np.ndarray, hints: Sequence[str] = (), priority: int = PRIORITY_REALTIME
@@ -304,15 +376,16 @@ class WhisperEngine:
                 self._tokenizers[(task, language)] = tok
             return tok
 
-    def _prompt(self, tok: Tokenizer, terms: Sequence[str], previous: str | None) -> tuple[int, ...]:
+    def _prompt(
+        self, tok: Tokenizer, terms: Sequence[str], previous: str | None, streaming: bool = False
+    ) -> tuple[int, ...]:
         """[<|startofprev|> glossary + previous text] + <|sot|><|lang|><|task|>. Terms go first so the
-        most recent context survives truncation next to the start-of-transcript token."""
+        most recent context survives truncation next to the start-of-transcript token. A streaming window's
+        context is cut to a few lengths (`bucket_context`) so that many streams share batches."""
         glossary = [t.strip() for t in terms if t.strip()]
-        context: list[int] = []
-        if glossary:
-            context += tok.encode(" Glossary: " + ", ".join(glossary) + ".")[: MAX_PROMPT_TOKENS // 2]
-        if previous and previous.strip():
-            context += tok.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS - len(context)):]
+        gloss = tok.encode(" Glossary: " + ", ".join(glossary) + ".")[: MAX_PROMPT_TOKENS // 2] if glossary else []
+        prev = tok.encode(" " + previous.strip())[-(MAX_PROMPT_TOKENS - len(gloss)):] if previous and previous.strip() else []
+        context = bucket_context(gloss, prev) if streaming else gloss + prev
         head = [tok.sot_prev, *context] if context else []
         return tuple(head + list(tok.sot_sequence) + [tok.no_timestamps])
 
@@ -430,7 +503,8 @@ class WhisperEngine:
         tail = [*tok.sot_sequence, tok.no_timestamps]  # the prompt's end, with the real language token
         prompts = [list(it.prompt[: len(it.prompt) - len(tail)]) + tail for it in items]
         results = self._wm.model.generate(
-            encoder_output, prompts, beam_size=self.beam_size, max_length=448,
+            encoder_output, prompts, beam_size=items[0].beam_size or self.beam_size,
+            max_length=generation_limit(len(prompts[0]), [it.max_tokens for it in items]),
             suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
             return_scores=True, return_no_speech_prob=True,
         )
@@ -462,10 +536,18 @@ def _slot_language(slot: _LanguageSlot | None) -> tuple[str, float]:
     return slot.language, slot.probability
 
 
-def _batch_key(task: str, language: str, prompt: tuple[int, ...]) -> Hashable:
+def _batch_key(
+    task: str, language: str, prompt: tuple[int, ...], frames: int = WINDOW_FRAMES, beam_size: int = 0
+) -> Hashable:
     """Items of one generate call share task and language (one tokenizer, one alignment start sequence),
-    and CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts."""
-    return ("generate", task, language, len(prompt))
+    CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts, the
+    encoder one input length, and generate one beam size."""
+    return ("generate", task, language, len(prompt), beam_size, frames)
+
+
+def _batch_limit(key: Hashable, full: int) -> int:
+    frames = key[-1] if isinstance(key, tuple) and key and key[0] == "generate" else WINDOW_FRAMES
+    return batch_limit(int(frames), full)
 
 
 def _to_segments(chunk: Chunk, decoded: _Decoded, language: str, keep_words: bool) -> list[Segment]:

@@ -147,13 +147,14 @@ class RealtimeSession:
             raise ConfigError(f"two-way translation needs a multilingual STT model; {sel.model} is English-only")
         hints = cfg.stt.language_hints or ((cfg.language_a, cfg.language_b) if cfg.two_way else ())
         try:  # the engine's own rule, as for POST /stt (e.g. an English-only model cannot serve 'de')
-            engine.check_language_hints([h for h in hints if h])
+            engine.check_language_hints([h for h in hints if h], cfg.stt.language)
         except EngineError as exc:
             raise ConfigError(f"language_hints: {exc}") from None
         if not engine.multilingual:
             hints = ()
         options = StreamOptions(
-            language_hints=tuple(h for h in hints if h), task="transcribe", terms=cfg.stt.terms,
+            language_hints=tuple(h for h in hints if h), language=cfg.stt.language if engine.multilingual else None,
+            task="transcribe", terms=cfg.stt.terms,
             enable_language_identification=cfg.language_identification,
             # Two-way translation translates per utterance, so it needs the pauses even when the client
             # did not ask for "<end>" tokens (those are then left out of the messages).

@@ -64,7 +64,7 @@ class Settings:
     job_poll_seconds: float = 1.0
     job_stale_seconds: float = 120.0  # a processing job whose heartbeat is older than this is re-queued
     realtime_max_sessions: int = 64
-    realtime_decode_interval_s: float = 0.0  # 0: 0.5 s on CPU, 0.3 s on CUDA (see realtime_config)
+    realtime_decode_interval_s: float = 0.0  # 0: 0.3 s on CPU, 0.2 s on CUDA (see realtime_config)
     # Load and run the default STT model and TTS voice at start; /healthz says 503 "starting" until done.
     warmup: bool = True
     log_level: str = "info"

@@ -11,11 +11,14 @@ import pytest
 
 from engines.local_agreement import (
     Action,
+    CommitRule,
     DecodeFacts,
     DecodePolicy,
     agreed_prefix_len,
+    loop_start,
     next_action,
     skip_committed,
+    stable_prefix_len,
     words_leaving_window,
 )
 from engines.types import SAMPLE_RATE, StreamOptions, StreamToken, StreamUpdate
@@ -55,6 +58,33 @@ def test_local_agreement_commits_the_common_prefix_ignoring_case_and_punctuation
     assert agreed_prefix_len([" Grüße"], [" grüße!"]) == 1
 
 
+def test_one_decode_commits_the_words_it_heard_out_with_confidence():
+    rule = CommitRule(margin_s=0.5, min_probability=0.5)
+    words = [(1.0, 0.9), (1.4, 0.8), (1.8, 0.9), (2.3, 0.9)]  # (end, probability)
+    assert stable_prefix_len(words, 2.2, rule) == 2  # the word ending at 1.8 s is not 0.5 s before 2.2 s
+    assert stable_prefix_len(words, 3.0, rule) == 4
+    # An unsure word holds back itself and everything after it: commits are a prefix.
+    assert stable_prefix_len([(1.0, 0.9), (1.4, 0.3), (1.8, 0.9)], 3.0, rule) == 1
+    assert stable_prefix_len([], 3.0, rule) == 0
+
+
+def test_a_decoding_loop_is_cut_but_a_phrase_said_twice_is_kept():
+    def timed(text: str, times: list[tuple[float, float]]) -> list[tuple[str, float, float]]:
+        return [(w, a, b) for w, (a, b) in zip(text.split(), times, strict=True)]
+
+    # Whisper looping at the end of a window: the repeats are squeezed into no time.
+    loop = timed("printing in printing in printing", [(0, .5), (.5, .7), (.9, .9), (.9, .9), (.9, .9)])
+    assert loop_start(loop) == 2
+    loop = timed("Americans. Americans. Americans.", [(0, .6), (.6, .6), (.6, .6)])
+    assert loop_start(loop) == 1
+    # A speaker saying it again takes about as long the second time.
+    said = timed("has never been surpassed has never been surpassed",
+                 [(0, .3), (.3, .6), (.6, .8), (.8, 1.5), (2.5, 2.8), (2.8, 3.1), (3.1, 3.3), (3.3, 4.0)])
+    assert loop_start(said) == len(said)
+    plain = timed("of the cat of the dog", [(0, .1), (.1, .2), (.2, .5), (.5, .6), (.6, .7), (.7, 1)])
+    assert loop_start(plain) == len(plain)
+
+
 def test_committed_words_heard_again_at_the_window_start_are_skipped():
     committed = [" you.", " Ask"]
     # Whisper repeats them exactly.
@@ -69,6 +99,10 @@ def test_committed_words_heard_again_at_the_window_start_are_skipped():
     assert skip_committed([" no"], 1.0, [(" no", 2.5, 2.8)]) == 0
     # No text matches: words lying in committed audio go, by time.
     assert skip_committed([" um"], 5.0, [(" uh", 4.6, 5.0), (" then", 5.1, 5.4)]) == 1
+    # A common word matched, but what follows was squeezed into committed audio (Whisper's misalignment of
+    # text it hallucinated there): those words go too, not just the matched one.
+    squeezed = [(" the", 5.3, 5.9), (" invention", 5.9, 5.9), (" of", 5.9, 5.9), (" middle", 8.4, 8.6)]
+    assert skip_committed([" metal", " letters", " in", " the"], 8.4, squeezed) == 3
 
 
 def test_the_window_restarts_one_word_before_the_latest_sentence_end():
@@ -92,6 +126,9 @@ def test_decode_policy():
     assert next_action(facts(new_audio_s=0.5), policy) is Action.WAIT
     assert next_action(facts(tail_has_speech=False, utterance_has_speech=False), policy) is Action.SKIP_SILENCE
     assert next_action(facts(trailing_silence_s=0.9), policy) is Action.END_UTTERANCE
+    # A short pause finalizes the words before it without ending the utterance.
+    assert next_action(facts(trailing_silence_s=0.35), policy) is Action.FINALIZE
+    assert next_action(facts(trailing_silence_s=0.35, tail_has_speech=False), policy) is Action.SKIP_SILENCE
     assert next_action(facts(trailing_silence_s=0.9, utterance_has_speech=False, tail_has_speech=False),
                        policy) is Action.SKIP_SILENCE
     # Decodes that take longer than the audio they cover stretch the interval instead of piling up.
@@ -99,8 +136,67 @@ def test_decode_policy():
     assert next_action(facts(new_audio_s=1.9, last_decode_cost_s=1.5), policy) is Action.DECODE
 
 
+def test_realtime_windows_are_shaped_to_share_batches():
+    from engines.whisper_window import (
+        STREAM_MIN_FRAMES,
+        WINDOW_FRAMES,
+        batch_limit,
+        bucket_context,
+        encoder_frames,
+        generation_limit,
+    )
+
+    # The encoder hears the window plus padding, at least 10 s, in buckets (finer on a CPU), at most 30 s.
+    assert encoder_frames(300, "cpu") == encoder_frames(300, "cuda") == STREAM_MIN_FRAMES
+    assert encoder_frames(950, "cpu") == 1200 and encoder_frames(950, "cuda") == 1500
+    assert encoder_frames(2990, "cpu") == WINDOW_FRAMES
+    # Previous text is cut to one of few lengths; a glossary stays whole.
+    assert bucket_context([], list(range(20))) == []
+    assert bucket_context([], list(range(50))) == list(range(18, 50))
+    assert bucket_context([7] * 10, list(range(50))) == [7] * 10 + list(range(28, 50))
+    assert bucket_context([7] * 40, list(range(50))) == [7] * 40
+    # Generation stops after the wanted tokens (CTranslate2 counts the prompt and halves max_length).
+    assert generation_limit(2, [40, 30]) == 80 and generation_limit(60, [40]) == 100
+    assert generation_limit(2, [0]) == generation_limit(400, [300]) == 448
+    # Short windows fill larger batches than 30 s chunks.
+    assert batch_limit(WINDOW_FRAMES, 16) == 16 and batch_limit(1000, 16) == 192
+
+
+def test_max_endpoint_delay_shortens_the_silence_that_ends_an_utterance():
+    from engines.local_agreement import ENDPOINT_SLACK_S, endpoint_silence
+
+    assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8)) == 0.8
+    assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8, max_endpoint_delay_ms=3000)) == 0.8
+    assert endpoint_silence(StreamOptions(endpoint_silence_s=0.8, max_endpoint_delay_ms=500)) == pytest.approx(
+        0.5 - ENDPOINT_SLACK_S)
+
+
+def test_incremental_log_mel_matches_whisper_front_end(testdata: Path):
+    """Frames computed as 100 ms frames arrive equal faster-whisper's features of the same window (but at
+    its first and last frames, where faster-whisper reflects the window's own audio instead)."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from engines.stream_audio import AudioBuffer, LogMel
+
+    front = FeatureExtractor(80)
+    audio = load(testdata / "en" / "jfk.flac")
+    buf, mel = AudioBuffer(), LogMel(front.mel_filters)
+    for i in range(0, len(audio), FRAME):
+        buf.append(audio[i : i + FRAME])
+        mel.update(buf)
+    for start, end in [(3 * SAMPLE_RATE, 8 * SAMPLE_RATE), (5 * SAMPLE_RATE, len(audio) // 160 * 160)]:
+        expected = front(audio[start:end])[..., :-1]
+        got = mel.window(buf, start, end)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected)[:, 2:-2].max() < 1e-4
+    mel.prune(5 * SAMPLE_RATE)  # forgetting earlier audio keeps later windows intact
+    assert np.abs(mel.window(buf, 5 * SAMPLE_RATE, 8 * SAMPLE_RATE)
+                  - front(audio[5 * SAMPLE_RATE : 8 * SAMPLE_RATE])[..., :-1])[:, 2:-2].max() < 1e-4
+
+
 def test_a_decode_that_only_lost_words_keeps_them_pending():
-    from engines.streaming import _keep_pending_words, _Word
+    from engines.stream_words import TimedWord as _Word
+    from engines.stream_words import keep_pending_words as _keep_pending_words
 
     def ws(*spec: tuple[str, int, int]) -> list[_Word]:
         return [_Word(t, s, e, 0.9) for t, s, e in spec]
