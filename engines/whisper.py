@@ -475,7 +475,7 @@ class WhisperEngine:
                 if it.detects and it.slot is not None and it.slot.language is None:
                     try:
                         it.slot.language, it.slot.probability = choose_language(
-                            {t[2:-2]: p for t, p in res}, it.slot.hints, self.supported_languages)
+                            {t[2:-2]: p for t, p in res}, it.slot.hints, self.supported_languages, it.duration)
                     except EngineError as exc:
                         it.slot.error = exc
         out: list[Any] = [None] * len(items)

@@ -22,6 +22,9 @@ def normalize_language(code: str) -> str:
 # speech that the model half mistakes for Croatian (hr 0.5, sl 0.3) stays Slovenian.
 CLEARLY_OTHER_RATIO = 4.0
 CLEARLY_OTHER_MIN_P = 0.5
+# Whisper's language identification on a second or two of speech is unreliable (a German "Der Prophet" can
+# read as French at p 0.6): below this much audio a hinted language is never overruled.
+CLEARLY_OTHER_MIN_S = 3.0
 
 
 def usable_codes(codes: Sequence[str], supported: Sequence[str]) -> list[str]:
@@ -34,14 +37,15 @@ def usable_codes(codes: Sequence[str], supported: Sequence[str]) -> list[str]:
 
 
 def choose_language(
-    probs: Mapping[str, float], hints: Sequence[str], supported: Sequence[str]
+    probs: Mapping[str, float], hints: Sequence[str], supported: Sequence[str], heard_s: float = 30.0
 ) -> tuple[str, float]:
     """The language to decode with, from the model's detection and the caller's hints.
 
     Hints are preferences, not orders (the Speech7 and Soniox `language_hints`): the best hinted language is
-    chosen unless another is clearly more probable (CLEARLY_OTHER_*). Without hints the model's top guess
-    wins. Forcing a language is a separate option (SttRequest.language). Returns (code, the model's
-    probability for it)."""
+    chosen unless another is clearly more probable (CLEARLY_OTHER_*) in at least CLEARLY_OTHER_MIN_S of
+    audio (`heard_s`). Without hints the model's top guess wins. Forcing a language is a separate option
+    (SttRequest.language). Returns (code, the model's probability for it: low when a hint held against a
+    more probable language, so a stream knows it is not sure yet)."""
     known = usable_codes(hints, supported)
     candidates = [lang for lang in probs if lang in supported]
     if not candidates and not known:
@@ -50,7 +54,8 @@ def choose_language(
     if known:
         hinted = max(known, key=lambda lang: probs.get(lang, 0.0))
         p_top, p_hint = probs.get(top, 0.0), probs.get(hinted, 0.0)
-        if top not in known and not (p_top >= CLEARLY_OTHER_MIN_P and p_top >= CLEARLY_OTHER_RATIO * p_hint):
+        clearly = p_top >= CLEARLY_OTHER_MIN_P and p_top >= CLEARLY_OTHER_RATIO * p_hint
+        if top not in known and not (clearly and heard_s >= CLEARLY_OTHER_MIN_S):
             top = hinted
     return top, float(probs.get(top, 0.0))
 

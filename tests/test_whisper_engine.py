@@ -60,6 +60,9 @@ def test_hints_are_preferred_unless_another_language_is_clearly_more_probable() 
     # ... while Slovenian the model half mistakes for Croatian stays Slovenian.
     assert choose_language({"hr": 0.5, "sl": 0.3, "en": 0.1}, ["sl"], supported) == ("sl", 0.3)
     assert choose_language(probs, ["en-GB", "xx"], supported) == ("en", 0.2)  # unknown codes are dropped
+    # A second of audio is too little to overrule a hint (Whisper's identification is unreliable there).
+    assert choose_language({"fr": 0.6, "de": 0.1}, ["de"], supported, heard_s=1.0) == ("de", 0.1)
+    assert choose_language({"fr": 0.6, "de": 0.1}, ["de"], supported, heard_s=5.0) == ("fr", 0.6)
     with pytest.raises(EngineError, match="not supported"):
         choose_language(probs, ["xx", "yy"], supported)
 
