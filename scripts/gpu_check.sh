@@ -19,26 +19,39 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 if want shim; then
   (
-    # Only what a plain install has: no directory holding a libcublas.so.12 on the path.
+    # Only what a plain install has: no directory holding a libcublas.so.12 on the loader path.
     LD_LIBRARY_PATH="$(echo "${LD_LIBRARY_PATH:-}" | tr ':' '\n' | grep -v -e cu12 | paste -sd: -)"
-    export LD_LIBRARY_PATH S7_DATA_DIR="$(mktemp -d)" S7_PORT=18931 S7_ADMIN_KEY=s7_gpu_check_admin_key_0123456789
-    "$py" -m server.cli serve > "$out/shim-server.log" 2>&1 &
-    pid=$!
-    ok=""
-    for _ in $(seq 1 120); do
-      if curl -fsS "http://127.0.0.1:$S7_PORT/healthz" > "$out/shim-healthz.json" 2>/dev/null; then ok=1; break; fi
-      sleep 1
-    done
-    if [ -n "$ok" ]; then
-      key=$(curl -fsS -X POST "http://127.0.0.1:$S7_PORT/accounts" -H 'Content-Type: application/json' \
-        -d "{\"apiKey\":\"$S7_ADMIN_KEY\",\"startingMinutes\":10}" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])')
-      clip="${S7_TESTDATA:-../shared/testdata}/en/jfk.flac"
-      curl -fsS -X POST "http://127.0.0.1:$S7_PORT/stt" -H "x-api-key: $key" -F "audio=@$clip" > "$out/shim-stt.json"
-    fi
-    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-    echo "shim: healthz $(cat "$out/shim-healthz.json" 2>/dev/null | head -c 300)" | tee "$out/shim.txt"
-    echo "shim: /stt $(head -c 300 "$out/shim-stt.json" 2>/dev/null)" | tee -a "$out/shim.txt"
-    grep -m1 "CUDA: using cuBLAS" "$out/shim-server.log" | tee -a "$out/shim.txt"
+    export LD_LIBRARY_PATH
+    "$py" - "$out" <<'PY' 2>&1 | tee "$out/shim.txt"
+import json, os, sys, tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())
+import httpx
+
+from server.launcher import ServerStartError, start_process
+
+out = Path(sys.argv[1])
+admin = "s7_gpu_check_admin_key_0123456789"
+env = {"S7_DATA_DIR": tempfile.mkdtemp(), "S7_ADMIN_KEY": admin, "S7_LOG_LEVEL": "info"}
+try:
+    server = start_process(env, log=out / "shim-server.log", timeout_s=240)
+except ServerStartError as exc:
+    print("shim: the server did not come up:", str(exc)[-2000:])
+    sys.exit(0)
+try:
+    health = httpx.get(f"{server.url}/healthz", timeout=30).json()
+    print("shim: healthz", json.dumps({k: health.get(k) for k in ("status", "device", "warmupSeconds", "warmupErrors")}))
+    key = httpx.post(f"{server.url}/accounts", json={"apiKey": admin, "startingMinutes": 10}, timeout=30).json()["apiKey"]
+    clip = Path(os.environ.get("S7_TESTDATA", "../shared/testdata")) / "en" / "jfk.flac"
+    with clip.open("rb") as fh:
+        r = httpx.post(f"{server.url}/stt", headers={"x-api-key": key}, files={"audio": (clip.name, fh)}, timeout=120)
+    print("shim: /stt", r.status_code, r.json().get("text", r.text)[:200])
+finally:
+    server.stop()
+log = (out / "shim-server.log").read_text(errors="replace")
+print("shim:", next((line for line in log.splitlines() if "CUDA: using cuBLAS" in line), "no cuBLAS re-exec line"))
+PY
   )
 fi
 
@@ -48,7 +61,7 @@ if want stt; then
 fi
 
 if want realtime; then
-  "$py" scripts/bench_realtime.py --device cuda --model whisper:base --streams 1,16,64,200 --seconds 20 \
+  "$py" scripts/bench_realtime.py --device cuda --model whisper:base --streams 1,16,64,200 --seconds 20 --all \
     2>&1 | grep -v -i "warn" | tee "$out/bench_realtime.txt"
 fi
 
