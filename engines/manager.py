@@ -37,7 +37,7 @@ class EngineConfig:
     batch_window_ms: float = 10.0
     device_index: tuple[int, ...] = (0,)
     diarizer: str = "builtin"  # builtin | pyannote:<name> | off
-    stt_workers_per_device: int = 0  # 0: 2 on CUDA, 1 on CPU (see WhisperEngine)
+    stt_workers_per_device: int = 0  # 0: 3 on CUDA, 1 on CPU (see WhisperEngine)
     on_stage: StageFn | None = None  # per-stage timings for the server's metrics
 
 
@@ -96,7 +96,7 @@ class ModelManager:
                 d, model_name=model, device=self.config.device, compute_type=self.config.compute_type or None,
                 cpu_threads=self.config.cpu_threads, device_index=self.config.device_index,
                 max_batch_size=self.config.max_batch_size or None, batch_window_ms=self.config.batch_window_ms,
-                workers_per_device=self.config.stt_workers_per_device or (2 if self.config.device == "cuda" else 1),
+                workers_per_device=self.config.stt_workers_per_device or (3 if self.config.device == "cuda" else 1),
                 on_stage=self.config.on_stage,
             )
 
