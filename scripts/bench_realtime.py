@@ -293,7 +293,7 @@ def main() -> None:
     ap.add_argument("--model", help="the bench account's sttApiKey (default whisper:base on cuda, else whisper:tiny.en)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--models-dir", type=Path, default=os.environ.get("S7_MODELS_DIR"))
-    ap.add_argument("--testdata", type=Path, default=REPO.parent / "shared" / "testdata")
+    ap.add_argument("--testdata", type=Path, default=Path(os.environ.get("S7_TESTDATA", REPO.parent / "shared" / "testdata")))
     ap.add_argument("--url", help="an already running server (then --key is needed)")
     ap.add_argument("--key", help="API key for --url")
     ap.add_argument("--max-p95", type=float, default=1.0, help="pass threshold on the p95 final lag, seconds")

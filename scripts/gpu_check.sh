@@ -61,8 +61,31 @@ if want stt; then
 fi
 
 if want realtime; then
-  "$py" scripts/bench_realtime.py --device cuda --model whisper:base --streams 1,16,64,200 --seconds 20 --all \
-    2>&1 | grep -v -i "warn" | tee "$out/bench_realtime.txt"
+  # The server is started here (its log kept in $OUT) and the bench drives it by URL.
+  "$py" - "$out" <<'PY' 2>&1 | grep -v -i "warn" | tee "$out/bench_realtime.txt"
+import os, subprocess, sys, tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())
+import httpx
+
+from server.launcher import start_process
+
+out = Path(sys.argv[1])
+admin = "s7_gpu_check_admin_key_0123456789"
+env = {"S7_DATA_DIR": tempfile.mkdtemp(), "S7_ADMIN_KEY": admin, "S7_DEVICE": os.environ.get("CHECK_DEVICE", "cuda"), "S7_LOG_LEVEL": "warning",
+       "S7_REALTIME_MAX_SESSIONS": "260"}
+server = start_process(env, log=out / "realtime-server.log", timeout_s=240)
+try:
+    r = httpx.post(f"{server.url}/accounts", timeout=30,
+                   json={"apiKey": admin, "startingMinutes": 100000, "sttApiKey": "whisper:base"})
+    key = r.json()["apiKey"]
+    subprocess.run([sys.executable, "scripts/bench_realtime.py", "--url", server.url, "--key", key,
+                    "--streams", os.environ.get("CHECK_STREAMS", "1,16,64,200"), "--seconds", "20", "--all",
+                    "--testdata", os.environ.get("S7_TESTDATA", "../shared/testdata")], check=False)
+finally:
+    server.stop()
+PY
 fi
 
 echo "=== tables ==="
