@@ -17,6 +17,7 @@ from server.accounts import Account, ensure_active
 from server.errors import ApiError, bad_request, forbidden, unauthorized
 from server.security import sign
 from server.services import services
+from server.uploads import body_chunks
 
 SESSION_COOKIE = "s7_admin"
 SESSION_TTL_S = 12 * 3600
@@ -36,13 +37,15 @@ def key_from_request(request: HTTPConnection, body: Mapping[str, Any] | None = N
 
 
 async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    """Reads a JSON object body, refusing oversize bodies while streaming (413) and bad JSON (400)."""
+    """Reads a JSON object body, refusing oversize bodies while streaming (413), stalled ones (408) and bad
+    JSON (400): invalid UTF-8, lone surrogates (`"\ud800"`, which no database or hash can store) and nesting
+    too deep for the parser are a 400 too, not a 500."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"Request body too large (limit {limit} bytes)")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, services(request).settings.upload_idle_timeout_s):
         size += len(chunk)
         if size > limit:
             raise ApiError(413, "payload_too_large", f"Request body too large (limit {limit} bytes)")
@@ -52,6 +55,11 @@ async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, 
         return {}
     try:
         data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # every string must be storable text
+    except UnicodeEncodeError:
+        raise bad_request("Request body contains a string that is not valid Unicode (a lone surrogate)") from None
+    except RecursionError:
+        raise bad_request("Request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise bad_request("Request body is not valid JSON") from None
     if not isinstance(data, dict):
