@@ -22,7 +22,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engines.types import EngineError
-from server.accounts import Account, AccountService
+from server.accounts import Account, AccountService, ensure_active
 from server.capabilities import Capabilities
 from server.db import subtitle_jobs as jobs_t
 from server.db import usage as usage_t
@@ -208,6 +208,7 @@ class SubtitleJobs:
         beat = asyncio.ensure_future(self._heartbeat(job_id, progress))
         try:
             account = await self._accounts.get(row["account_id"])
+            ensure_active(account)  # disabled while queued: the job fails (refunded) instead of running
             opts = json.loads(row["options"])
             fmt = SubtitleFormat(**opts.pop("format"))
             options = SttOptions.from_json(json.dumps(opts))
