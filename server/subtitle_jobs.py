@@ -42,6 +42,7 @@ MAX_ATTEMPTS = 3
 # An unfinished blob write untouched this long has lost its writer (a TTS stream or an upload being stored
 # takes seconds to minutes); sweeping it sooner could delete a live write of a slow client.
 ORPHAN_WRITE_AGE_S = 3600.0
+PROBE_DECODE_S = 600.0  # media whose header has no length: what the upload decodes to estimate it (~1 s of CPU)
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -104,7 +105,9 @@ class SubtitleJobs:
         # Refused now rather than failing later in the worker (the same checks /stt makes).
         self._capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         try:
-            duration = await asyncio.to_thread(probe_duration, media.path)
+            # The header's length, or for media without one a decode of at most PROBE_DECODE_S: the upload
+            # stays cheap, and the worker extends the reservation to the real length before the work.
+            duration = await asyncio.to_thread(probe_duration, media.path, PROBE_DECODE_S)
         except EngineError as exc:
             raise api_error(exc, (422, "undecodable_media")) from None
         if duration <= 0:
