@@ -140,3 +140,23 @@ async def require_admin(request: Request, body: Mapping[str, Any] | None = None)
     if not account.is_admin:
         raise forbidden("This endpoint needs an admin API key")
     return account
+
+
+async def require_metrics_reader(request: Request) -> None:
+    """GET /metrics: `Authorization: Bearer <S7_METRICS_TOKEN>` (what a Prometheus scrape config sends), or an
+    admin API key (header, query, or as the bearer token). The metrics name models, routes and load."""
+    svc = services(request)
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    bearer = bearer.strip() if scheme.lower() == "bearer" else ""
+    token = svc.settings.metrics_token
+    if token and bearer and secrets.compare_digest(bearer.encode("utf-8", "surrogatepass"), token.encode("utf-8")):
+        return
+    key = key_from_request(request) or bearer
+    if not key:
+        raise unauthorized("GET /metrics needs Authorization: Bearer <S7_METRICS_TOKEN> or an admin API key")
+    account = await svc.accounts.authenticate(key)
+    if account is None:
+        raise unauthorized("Invalid metrics token or API key")
+    ensure_active(account)
+    if not account.is_admin:
+        raise forbidden("GET /metrics needs an admin API key or the metrics token")

@@ -150,3 +150,23 @@ async def test_json_that_used_to_crash_is_a_400(api: Api, raw: bytes) -> None:
 async def test_a_key_that_is_not_valid_unicode_is_401_on_the_websocket_path_too(api: Api) -> None:
     """The realtime config carries the key as JSON text: a lone surrogate must be an unknown key, not a 500."""
     assert await api.services.accounts.authenticate("\ud800") is None
+
+
+async def test_metrics_need_the_token_or_an_admin_key(tmp_path: Path) -> None:
+    from server.app import create_app
+
+    settings = fake_settings(tmp_path, ADMIN_KEY).with_(metrics_token="scrape-token-123")
+    app = create_app(settings, manager=fake_models())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            user = (await Api(app, c, settings).account())["apiKey"]
+            codes = {}
+            for name, headers in [("none", {}), ("wrong token", {"Authorization": "Bearer nope"}),
+                                  ("user key", {"x-api-key": user}), ("token", {"Authorization": "Bearer scrape-token-123"}),
+                                  ("admin key", {"x-api-key": ADMIN_KEY}), ("admin bearer", {"Authorization": f"Bearer {ADMIN_KEY}"})]:
+                r = await c.get("/metrics", headers=headers)
+                codes[name] = r.status_code
+                if r.status_code == 200:
+                    assert "s7_requests_total" in r.text
+            assert codes == {"none": 401, "wrong token": 401, "user key": 403, "token": 200, "admin key": 200,
+                             "admin bearer": 200}
