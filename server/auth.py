@@ -80,31 +80,39 @@ async def require_account(request: HTTPConnection, body: Mapping[str, Any] | Non
 
 
 class AdminSessions:
-    """Signed cookies `<account_id>.<expiry>.<nonce>.<mac>`; the CSRF token is derived from it.
+    """Signed cookies `<account_id>.<expiry>.<nonce>.<key tag>.<mac>`; the CSRF token is derived from it.
 
-    Validation needs no storage, so any process sharing the secret accepts a session. Sign-out revokes the token
-    in this process (a copied cookie then stops working here at once); other processes keep accepting it until
-    it expires, which is why sessions are short-lived.
+    Validation needs no storage, so any process sharing the secret accepts a session. The key tag (a MAC of
+    the account's key hash) binds the session to the key that signed in: rotating the key ends it, in every
+    process at once. Sign-out revokes the token in this process (a copied cookie then stops working here at
+    once); other processes keep accepting it until it expires, which is why sessions are short-lived.
     """
 
     def __init__(self, secret: str) -> None:
         self._secret = (secret or secrets.token_hex(32)).encode()
         self._revoked: dict[str, int] = {}  # mac -> expiry, pruned as they lapse
 
-    def issue(self, account_id: str) -> str:
-        payload = f"{account_id}.{int(time.time()) + SESSION_TTL_S}.{secrets.token_hex(8)}"
+    def key_tag(self, key_hash: str) -> str:
+        return sign(self._secret, "key:" + key_hash)[:16]
+
+    def issue(self, account_id: str, key_hash: str) -> str:
+        payload = f"{account_id}.{int(time.time()) + SESSION_TTL_S}.{secrets.token_hex(8)}.{self.key_tag(key_hash)}"
         return f"{payload}.{sign(self._secret, payload)}"
 
     def account_id(self, token: str | None) -> str | None:
-        if not token or token.count(".") != 3:
+        if not token or token.count(".") != 4:
             return None
         payload, mac = token.rsplit(".", 1)
         if not secrets.compare_digest(sign(self._secret, payload), mac):
             return None
-        account_id, expiry, _nonce = payload.split(".")
+        account_id, expiry, _nonce, _tag = payload.split(".")
         if not expiry.isdigit() or int(expiry) < time.time() or mac in self._revoked:
             return None
         return account_id
+
+    def signed_with(self, token: str, key_hash: str) -> bool:
+        """Whether a valid session was signed in with the key whose hash is `key_hash` (the account's now)."""
+        return secrets.compare_digest(token.split(".")[3], self.key_tag(key_hash))
 
     def revoke(self, token: str | None) -> None:
         """Ends a session (sign-out). Unknown or forged tokens are ignored: there is nothing to end."""
@@ -136,6 +144,8 @@ async def require_admin(request: Request, body: Mapping[str, Any] | None = None)
             account = await services(request).accounts.get(account_id)
         except ApiError:
             raise unauthorized("Admin session is no longer valid") from None
+        if not sessions.signed_with(token, account.row["key_hash"]):
+            raise unauthorized("Admin session ended: the API key it signed in with was rotated")
         ensure_active(account)
     if not account.is_admin:
         raise forbidden("This endpoint needs an admin API key")
