@@ -161,3 +161,30 @@ async def services_of_db(settings: Settings) -> AsyncIterator:  # type: ignore[t
     finally:
         await engine.dispose()
 
+
+
+async def test_a_database_from_before_leases_is_upgraded_in_place(tmp_path: Path) -> None:
+    """usage.owner and server_processes are new: an older database gets them at start, its open reservations
+    (no owner) are refunded once they are a day old, and its data stays."""
+    import sqlite3
+
+    settings = fake_settings(tmp_path, ADMIN_KEY)
+    async with running(settings) as api:
+        acc = await api.account(startingMinutes=10)
+        old = await api.services.minutes.reserve(acc["id"], 2.0, kind="tts")
+    db_file = Path(settings.data_dir) / "speech7.db"
+    with sqlite3.connect(db_file) as conn:  # what the previous version's schema looked like
+        conn.execute("DROP INDEX ix_usage_status")
+        conn.execute("ALTER TABLE usage DROP COLUMN owner")
+        conn.execute("DROP TABLE server_processes")
+        conn.execute("UPDATE usage SET created_at = created_at - 90000 WHERE id = ?", (old.usage_id,))
+    async with running(settings) as api:
+        status, note = (await ledger_rows(api, acc["id"]))[old.usage_id]
+        assert status == "refunded" and "without crash recovery" in note
+        assert await api.minutes(acc["apiKey"]) == 10
+        fresh = await api.services.minutes.reserve(acc["id"], 0.5, kind="stt")
+        async with api.services.db.connect() as conn:
+            owner = (await conn.execute(select(usage.c.owner).where(usage.c.id == fresh.usage_id))).scalar_one()
+        assert owner == api.services.lease.id
+    with sqlite3.connect(db_file) as conn:
+        assert "ix_usage_status" in {r[1] for r in conn.execute("PRAGMA index_list(usage)")}
