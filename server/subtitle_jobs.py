@@ -112,6 +112,8 @@ class SubtitleJobs:
             raise api_error(exc, (422, "undecodable_media")) from None
         if duration <= 0:
             raise unprocessable("The media has no audio", code="empty_media")
+        # A header may claim any length: the reservation is at most what one request may decode to.
+        duration = min(duration, self._settings.max_audio_hours * 3600.0)
         job_id = new_id("sub")
         reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind="subtitle_job", reference=job_id)
         upload_file = f"{job_id}.media"

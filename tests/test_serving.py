@@ -104,3 +104,17 @@ def test_the_cli_serves_with_these_options() -> None:
     assert options["http"].header_timeout_s == 7.0
     assert any("redact_secrets" in h.get("filters", []) for h in options["log_config"]["handlers"].values())
     assert Path(__file__).parents[1].joinpath("server", "cli.py").read_text().count("uvicorn_options(settings)") == 1
+
+
+def test_the_web_page_never_puts_the_key_in_a_url() -> None:
+    """The page sends the key as the x-api-key header (downloads too: fetch + blob) and, for realtime, in the
+    first message; a URL with the key would land in proxy logs and the browser's history."""
+    import re
+
+    static = Path(__file__).parents[1] / "server" / "static"
+    sources = {p.name: p.read_text() for p in sorted(static.glob("*.js")) + [static / "index.html"]}
+    in_url = re.compile(r"""[?&]apiKey=|searchParams\.(set|append)\(\s*["']apiKey|apiKey=\$\{""")
+    assert {name for name, text in sources.items() if in_url.search(text)} == set()
+    api = sources["api.js"]
+    assert 'h.set("x-api-key", getKey())' in api and 'xhr.setRequestHeader("x-api-key", getKey())' in api
+    assert "request(path)" in sources["tts.js"]  # speech downloads: fetch with the header, then a blob URL
