@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,16 +26,22 @@ from tests.test_server_layer import leftovers, wav
 CHUNK = 64 * 1024
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, **changes: object) -> AsyncIterator[Api]:
     from server.app import create_app
 
-    settings = fake_settings(tmp_path, ADMIN_KEY).with_(max_uploads_per_account=1, upload_idle_timeout_s=0.5)
+    settings = fake_settings(tmp_path, ADMIN_KEY).with_(**changes)
     app = create_app(settings, manager=fake_models())
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as c:
             yield Api(app, c, settings)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async with running(tmp_path, max_uploads_per_account=1) as api:
+        yield api
 
 
 class Body:
@@ -125,18 +132,31 @@ async def test_uploads_in_progress_per_account_are_capped(api: Api) -> None:
     assert api.services.upload_slots.active(one["id"]) == 0
 
 
-async def test_a_stalled_body_is_dropped_with_408_and_its_file_removed(api: Api) -> None:
-    acc = await api.account()
-    stalled = Body(None, wav(tone(300, 8)), stall_after=2)
-    try:
-        r = await asyncio.wait_for(stalled.post(api, headers={"x-api-key": acc["apiKey"]}), 10)
-    finally:
-        stalled.go.set()
-    assert (r.status_code, r.json()["error"]["code"]) == (408, "request_timeout")
-    assert r.headers["connection"] == "close"
-    assert leftovers(api, "tmp") == []
-    assert await api.minutes(acc["apiKey"]) == 10
-    assert api.services.upload_slots.active(acc["id"]) == 0
+async def test_a_stalled_body_is_dropped_with_408_and_its_file_removed(tmp_path: Path) -> None:
+    async with running(tmp_path, upload_idle_timeout_s=0.3) as api:
+        acc = await api.account()
+        stalled = Body(None, wav(tone(300, 8)), stall_after=2)
+        try:
+            r = await asyncio.wait_for(stalled.post(api, headers={"x-api-key": acc["apiKey"]}), 10)
+        finally:
+            stalled.go.set()
+        assert (r.status_code, r.json()["error"]["code"]) == (408, "request_timeout")
+        assert r.headers["connection"] == "close"
+        assert leftovers(api, "tmp") == []
+        assert await api.minutes(acc["apiKey"]) == 10
+        assert api.services.upload_slots.active(acc["id"]) == 0
+        go = asyncio.Event()
+
+        async def half_a_json_body() -> AsyncIterator[bytes]:
+            yield b'{"text": "Hello'
+            await go.wait()
+
+        try:
+            r = await asyncio.wait_for(api.client.post("/tts", content=half_a_json_body(), headers={
+                "x-api-key": acc["apiKey"], "content-type": "application/json"}), 10)
+        finally:
+            go.set()
+        assert (r.status_code, r.json()["error"]["code"]) == (408, "request_timeout")
 
 
 @pytest.mark.parametrize("raw", [b'{"apiKey": "\\ud800", "text": "Hello."}', b'{"text": "\\udfff"}',
@@ -153,20 +173,16 @@ async def test_a_key_that_is_not_valid_unicode_is_401_on_the_websocket_path_too(
 
 
 async def test_metrics_need_the_token_or_an_admin_key(tmp_path: Path) -> None:
-    from server.app import create_app
-
-    settings = fake_settings(tmp_path, ADMIN_KEY).with_(metrics_token="scrape-token-123")
-    app = create_app(settings, manager=fake_models())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            user = (await Api(app, c, settings).account())["apiKey"]
-            codes = {}
-            for name, headers in [("none", {}), ("wrong token", {"Authorization": "Bearer nope"}),
-                                  ("user key", {"x-api-key": user}), ("token", {"Authorization": "Bearer scrape-token-123"}),
-                                  ("admin key", {"x-api-key": ADMIN_KEY}), ("admin bearer", {"Authorization": f"Bearer {ADMIN_KEY}"})]:
-                r = await c.get("/metrics", headers=headers)
-                codes[name] = r.status_code
-                if r.status_code == 200:
-                    assert "s7_requests_total" in r.text
-            assert codes == {"none": 401, "wrong token": 401, "user key": 403, "token": 200, "admin key": 200,
-                             "admin bearer": 200}
+    async with running(tmp_path, metrics_token="scrape-token-123") as api:
+        c = api.client
+        user = (await api.account())["apiKey"]
+        codes = {}
+        for name, headers in [("none", {}), ("wrong token", {"Authorization": "Bearer nope"}),
+                              ("user key", {"x-api-key": user}), ("token", {"Authorization": "Bearer scrape-token-123"}),
+                              ("admin key", {"x-api-key": ADMIN_KEY}), ("admin bearer", {"Authorization": f"Bearer {ADMIN_KEY}"})]:
+            r = await c.get("/metrics", headers=headers)
+            codes[name] = r.status_code
+            if r.status_code == 200:
+                assert "s7_requests_total" in r.text
+        assert codes == {"none": 401, "wrong token": 401, "user key": 403, "token": 200, "admin key": 200,
+                         "admin bearer": 200}
