@@ -86,11 +86,12 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
         db = make_engine(settings.resolved_database_url)
         await check_database(db)  # a damaged SQLite file stops the start with a clear message
         await create_schema(db)
-        blobs = make_blob_store(settings, db)  # stored speeches and job files: local, or shared in the database
         # Crash recovery first: refunds what a dead process left reserved, removes its files (server.leases).
         lease = ProcessLease(db, lease_id=new_lease_id(), data_dir=data_dir, stale_s=settings.job_stale_seconds)
         minutes = MinutesPool(db, owner=lease.id)
         await lease.start(minutes)
+        # Stored speeches and job files: local, or shared in the database.
+        blobs = make_blob_store(settings, db, tmp_dir=lease.tmp_dir)
         device = resolve_device(settings.device, cuda_available() if settings.device != "cpu" else False)
         models = manager or ModelManager(engine_config(settings, device, metrics))
         inference = Inference(inference_threads(settings))

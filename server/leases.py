@@ -11,9 +11,10 @@ included, are never touched, whichever process (or host, on PostgreSQL) looks.
 
 Subtitle jobs' reservations are not held by a process (a queued job keeps its minutes across restarts and
 is resumed by any worker; see server.subtitle_jobs): only one that no queued or running job refers to any
-more (a crash between reserving and storing the job) is refunded. Files no lease owns (`*.part` of speeches
-and job results, and loose files under tmp/ from older versions) are removed once they are an hour old,
-far longer than any live writer leaves them untouched.
+more (a crash between reserving and storing the job) is refunded. Loose files directly under tmp/ (older
+versions, the Wyoming handler's audio) are removed once they are an hour old, far longer than any live writer
+leaves them untouched; unfinished writes of stored speeches and job files are the blob store's to sweep
+(server.storage, `sweep_orphans`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ log = logging.getLogger("speech7.leases")
 # Reservations written by a version without leases have no owner: refunded once they are older than any
 # request of that version could still be running.
 LEGACY_RESERVATION_S = 24 * 3600.0
-# Files no lease owns are removed at this age: a live upload or TTS stream writes its file far more often.
+# Files no lease owns are removed at this age: a live writer writes its file far more often.
 ORPHAN_FILE_AGE_S = 3600.0
 RECOVER_EVERY_S = 60.0
 
@@ -166,9 +167,6 @@ class ProcessLease:
                 removed += sum(1 for p in d.rglob("*") if p.is_file())
                 shutil.rmtree(d, ignore_errors=True)
         loose = [p for p in self.tmp_root.iterdir() if p.is_file()] if self.tmp_root.is_dir() else []
-        for sub in ("speeches", "jobs"):
-            d = self._data_dir / sub
-            loose += list(d.glob("*.part")) if d.is_dir() else []
         for p in loose:
             try:
                 if p.stat().st_mtime < now - ORPHAN_FILE_AGE_S:

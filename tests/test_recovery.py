@@ -73,8 +73,6 @@ async def test_a_dead_process_s_reservations_and_files_are_recovered_at_start(tm
     files = {
         "dead": aged(data / "tmp" / dead / "up_0123", 60), "dead_pcm": aged(data / "tmp" / dead / "pcm_01.f32", 60),
         "live": aged(data / "tmp" / live / "up_4567", 2 * HOUR),
-        "old_part": aged(data / "speeches" / "sp_00000000000000000000.mp3.part", 2 * HOUR),
-        "new_part": aged(data / "speeches" / "sp_11111111111111111111.mp3.part", 60),
         "old_loose": aged(data / "tmp" / "up_legacy", 2 * HOUR), "new_loose": aged(data / "tmp" / "up_fresh", 60),
     }
 
@@ -90,7 +88,7 @@ async def test_a_dead_process_s_reservations_and_files_are_recovered_at_start(tm
             assert rows[held[name].usage_id] == ("reserved", None), name
         assert await api.minutes(acc["apiKey"]) == 10 - 2.0
         gone = {k for k, p in files.items() if not p.exists()}
-        assert gone == {"dead", "dead_pcm", "old_part", "old_loose"}
+        assert gone == {"dead", "dead_pcm", "old_loose"}
         assert not (data / "tmp" / dead).exists()
         mine = api.services.lease.tmp_dir
         assert mine.is_dir() and mine.parent == data / "tmp"
