@@ -57,7 +57,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 def _socket(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock = socket.create_connection((host, int(port)), timeout=30)
     return sock
 
 
@@ -78,7 +78,7 @@ def test_slow_headers_are_cut_off(server: str) -> None:
 
 def test_keep_alive_requests_and_websockets_outlive_the_deadline(server: str) -> None:
     host, port = server.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
     for _ in range(2):  # one connection, kept alive
         conn.request("GET", "/healthz")
         response = conn.getresponse()
@@ -87,13 +87,14 @@ def test_keep_alive_requests_and_websockets_outlive_the_deadline(server: str) ->
     conn.sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # the third request's headers never end
     assert _read_until_closed(conn.sock) == b""
     conn.close()
-    key = httpx.post(f"{server}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 5}).json()["apiKey"]
+    key = httpx.post(f"{server}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 5},
+                     timeout=30).json()["apiKey"]
     with connect(server.replace("http://", "ws://") + "/stt/realtime") as ws:
         with pytest.raises(TimeoutError):
             ws.recv(timeout=1.5 * DEADLINE_S)  # the socket is still open past the header deadline ...
         ws.send(json.dumps({"apiKey": key, "audio_format": "pcm_s16le", "sample_rate": 16000}))
         ws.send(b"")
-        assert json.loads(ws.recv(timeout=10))["finished"] is True  # ... and works
+        assert json.loads(ws.recv(timeout=60))["finished"] is True  # ... and works
 
 
 def test_the_cli_serves_with_these_options() -> None:
