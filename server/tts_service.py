@@ -338,12 +338,8 @@ class SpeechJob:
         await self._ctx.minutes.refund(self.reservation, note="synthesis failed or client disconnected")
 
     async def _store(self, writer: BlobWriter, duration: float, size: int) -> None:
-        # TODO(issue 15, TTS billing owner): the caller contract of MinutesPool is "reserve or extend BEFORE the
-        # work": synthesis must stop at (or extend) the reserved length, then settle without the cap below,
-        # which charges less than the audio made when the estimate was short and the balance is empty.
         charged = await self._ctx.minutes.settle(
-            self.reservation, quantize_minutes(duration), audio_seconds=duration, reference=self.id,
-            cap_at_reservation=True,
+            self.reservation, quantize_minutes(duration), audio_seconds=duration, reference=self.id
         )
         await writer.commit()
         row = {

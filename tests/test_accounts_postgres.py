@@ -97,6 +97,7 @@ async def test_two_servers_share_accounts_and_never_overdraw(
                 "select count(*) from accounts where is_admin and not disabled")).scalar_one()
         assert admins == 1
 
+
 async def test_profile_fields_up_to_their_limit_are_stored_and_longer_ones_refused(
     tmp_path: Path, models_root: Path, postgres: PgCluster
 ) -> None:
