@@ -9,6 +9,7 @@ encoded bytes are never held in memory; `decode_file` writes the decoded samples
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Generator, Iterator, Sequence
 from typing import Literal
@@ -262,11 +263,12 @@ def _expected_samples(container: av.container.InputContainer) -> int:
     return int(min(seconds, 3 * 3600.0) * SAMPLE_RATE) + SAMPLE_RATE
 
 
-def probe_duration(path: str | os.PathLike[str]) -> float:
+def probe_duration(path: str | os.PathLike[str], decode_limit_s: float | None = None) -> float:
     """Media duration in seconds from the container header, else the audio stream's, else by decoding.
 
     This is the container's length (what a user sees in a player), which for a video can exceed the
-    audio track.
+    audio track. Decoding (a header without a length) stops after `decode_limit_s` of audio, which is
+    then returned: a lower bound, so a small file that decodes to hours costs a bounded probe.
     """
     check_nonempty(path)
     with open_media(path) as container:
@@ -275,7 +277,13 @@ def probe_duration(path: str | os.PathLike[str]) -> float:
             return container.duration / av.time_base
         if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
             return float(stream.duration * stream.time_base)
-        return sum(pcm.size for pcm in decode_stream(container)) / SAMPLE_RATE
+        limit = math.inf if decode_limit_s is None else decode_limit_s * SAMPLE_RATE
+        samples = 0
+        for pcm in decode_stream(container):
+            samples += pcm.size
+            if samples >= limit:
+                break
+        return min(samples, limit) / SAMPLE_RATE
 
 
 PcmFormat = Literal["pcm_s16le", "pcm_f32le"]

@@ -64,6 +64,8 @@ def _load_json_like(value: str, what: str) -> Any:
             raise TermsError(
                 f"{what} looks like JSON but does not parse: {exc.msg} (at char {exc.pos})"
             ) from None
+        except RecursionError:
+            raise TermsError(f"{what} is nested too deeply") from None
     return s
 
 
@@ -167,6 +169,8 @@ def build_context(fields: Mapping[str, Any]) -> dict[str, Any]:
             decoded = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise TermsError(f"context is not valid JSON: {exc.msg} (at char {exc.pos})") from None
+        except RecursionError:
+            raise TermsError("context is nested too deeply") from None
         if not isinstance(decoded, dict):
             raise TermsError("context must be a JSON object")
         context = decoded

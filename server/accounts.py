@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.db import PROFILE_COLUMNS, accounts, usage
@@ -194,12 +194,22 @@ class AccountService:
         unknown = set(body) - set(PROFILE_FIELDS) - set(ENGINE_FIELDS) - {"isAdmin", "disabled", "apiKey"}
         if unknown:
             raise bad_request(f"unknown or read-only fields: {', '.join(sorted(unknown))}")
+        demoting = values.get("is_admin") is False or values.get("disabled") is True
         async with self._db.begin() as conn:
+            if demoting:
+                await conn.execute(_active_admins().order_by(accounts.c.id).with_for_update())  # see below
             if values:
                 values["updated_at"] = time.time()
                 res = await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
                 if res.rowcount != 1:
                     raise not_found("No such account")
+            if demoting and not (await conn.execute(_active_admins().limit(1))).first():
+                # Nobody could manage the server any more: refused, and the update rolled back. Checked after
+                # the update, which SQLite serialises; on PostgreSQL the admins' rows locked above (in one
+                # order) make two admins demoting each other at once wait for each other instead of both
+                # succeeding.
+                raise ApiError(409, "last_admin", "This is the last active admin account: make another account "
+                               "an admin first, then demote or disable this one")
             row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).mappings().first()
         if row is None:
             raise not_found("No such account")
@@ -261,6 +271,10 @@ class AccountService:
             log("created the admin account from S7_ADMIN_KEY")
         else:
             log(f"created the admin account; its API key (shown once): {key}")
+
+
+def _active_admins() -> Select[tuple[str]]:
+    return select(accounts.c.id).where(and_(accounts.c.is_admin.is_(True), accounts.c.disabled.is_(False)))
 
 
 def ensure_active(account: Account) -> None:

@@ -25,10 +25,11 @@ from models.catalog import Catalog
 from server.accounts import AccountService
 from server.auth import AdminSessions
 from server.capabilities import Capabilities
-from server.db import create_schema, make_engine, startup_lock
+from server.db import check_database, create_schema, make_engine, startup_lock
 from server.engine_specs import EngineSpecs
 from server.errors import ApiError, api_error_handler, http_error_handler, unhandled_error_handler
 from server.inference import Inference, inference_threads
+from server.leases import ProcessLease, new_lease_id
 from server.metrics import Metrics, MetricsMiddleware
 from server.minutes import MinutesPool
 from server.realtime import RealtimeService
@@ -40,6 +41,7 @@ from server.storage import make_blob_store
 from server.subtitle_jobs import SubtitleJobs
 from server.transcription import SttPipeline, TranscriptionService
 from server.tts_service import TtsService
+from server.upload_slots import UploadSlots
 from server.warmup import Readiness, warm_up
 
 if TYPE_CHECKING:
@@ -82,15 +84,20 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
         data_dir = Path(settings.data_dir)
         (data_dir / "tmp").mkdir(parents=True, exist_ok=True)  # this node's own scratch space
         db = make_engine(settings.resolved_database_url)
+        await check_database(db)  # a damaged SQLite file stops the start with a clear message
         await create_schema(db)
-        blobs = make_blob_store(settings, db)  # stored speeches and job files: local, or shared in the database
+        # Crash recovery first: refunds what a dead process left reserved, removes its files (server.leases).
+        lease = ProcessLease(db, lease_id=new_lease_id(), data_dir=data_dir, stale_s=settings.job_stale_seconds)
+        minutes = MinutesPool(db, owner=lease.id)
+        await lease.start(minutes)
+        # Stored speeches and job files: local, or shared in the database.
+        blobs = make_blob_store(settings, db, tmp_dir=lease.tmp_dir)
         device = resolve_device(settings.device, cuda_available() if settings.device != "cpu" else False)
         models = manager or ModelManager(engine_config(settings, device, metrics))
         inference = Inference(inference_threads(settings))
-        frontend = MediaFrontend(data_dir / "tmp", settings.frontend_workers, on_stage=metrics.observe_stage)
+        frontend = MediaFrontend(lease.tmp_dir, settings.frontend_workers, on_stage=metrics.observe_stage)
         catalog = Catalog(settings.resolved_models_dir)
         specs = EngineSpecs(catalog, default_stt=settings.default_stt, default_tts=settings.default_tts)
-        minutes = MinutesPool(db)
         accounts = AccountService(db, specs)
         capabilities = Capabilities(settings, catalog, specs, models, device)
         transcription = TranscriptionService(
@@ -100,7 +107,8 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
         readiness = Readiness(ready=not settings.warmup)
         services = Services(
             settings=settings, device=device, db=db, catalog=catalog, models=models, metrics=metrics,
-            blobs=blobs, accounts=accounts, minutes=minutes, admin_sessions=AdminSessions(settings.session_secret),
+            lease=lease, blobs=blobs, accounts=accounts, minutes=minutes,
+            admin_sessions=AdminSessions(settings.session_secret),
             capabilities=capabilities, transcription=transcription, readiness=readiness,
             tts=TtsService(
                 store=blobs, db=db, minutes=minutes, capabilities=capabilities,
@@ -115,6 +123,7 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
                 max_sessions=settings.realtime_max_sessions,
                 decode_interval_s=decode_interval(settings.realtime_decode_interval_s, device),
             ),
+            upload_slots=UploadSlots(settings.max_uploads_per_account),
         )
         app.state.services = services  # the one thing on app.state: read through server.services
         async with startup_lock(db):  # nodes starting at once on a new database make one admin account
@@ -136,6 +145,7 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
             frontend.close()
             models.close()  # fails queued engine work, so no inference thread waits on a closed model
             inference.shutdown()
+            await lease.stop()
             await db.dispose()
 
     return Starlette(

@@ -17,6 +17,7 @@ from server.accounts import Account, ensure_active
 from server.errors import ApiError, bad_request, forbidden, unauthorized
 from server.security import sign
 from server.services import services
+from server.uploads import body_chunks
 
 SESSION_COOKIE = "s7_admin"
 SESSION_TTL_S = 12 * 3600
@@ -36,13 +37,15 @@ def key_from_request(request: HTTPConnection, body: Mapping[str, Any] | None = N
 
 
 async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
-    """Reads a JSON object body, refusing oversize bodies while streaming (413) and bad JSON (400)."""
+    """Reads a JSON object body, refusing oversize bodies while streaming (413), stalled ones (408) and bad
+    JSON (400): invalid UTF-8, lone surrogates (`"\ud800"`, which no database or hash can store) and nesting
+    too deep for the parser are a 400 too, not a 500."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "payload_too_large", f"Request body too large (limit {limit} bytes)")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, services(request).settings.upload_idle_timeout_s):
         size += len(chunk)
         if size > limit:
             raise ApiError(413, "payload_too_large", f"Request body too large (limit {limit} bytes)")
@@ -52,6 +55,11 @@ async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict[str, 
         return {}
     try:
         data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # every string must be storable text
+    except UnicodeEncodeError:
+        raise bad_request("Request body contains a string that is not valid Unicode (a lone surrogate)") from None
+    except RecursionError:
+        raise bad_request("Request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise bad_request("Request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -72,31 +80,39 @@ async def require_account(request: HTTPConnection, body: Mapping[str, Any] | Non
 
 
 class AdminSessions:
-    """Signed cookies `<account_id>.<expiry>.<nonce>.<mac>`; the CSRF token is derived from it.
+    """Signed cookies `<account_id>.<expiry>.<nonce>.<key tag>.<mac>`; the CSRF token is derived from it.
 
-    Validation needs no storage, so any process sharing the secret accepts a session. Sign-out revokes the token
-    in this process (a copied cookie then stops working here at once); other processes keep accepting it until
-    it expires, which is why sessions are short-lived.
+    Validation needs no storage, so any process sharing the secret accepts a session. The key tag (a MAC of
+    the account's key hash) binds the session to the key that signed in: rotating the key ends it, in every
+    process at once. Sign-out revokes the token in this process (a copied cookie then stops working here at
+    once); other processes keep accepting it until it expires, which is why sessions are short-lived.
     """
 
     def __init__(self, secret: str) -> None:
         self._secret = (secret or secrets.token_hex(32)).encode()
         self._revoked: dict[str, int] = {}  # mac -> expiry, pruned as they lapse
 
-    def issue(self, account_id: str) -> str:
-        payload = f"{account_id}.{int(time.time()) + SESSION_TTL_S}.{secrets.token_hex(8)}"
+    def key_tag(self, key_hash: str) -> str:
+        return sign(self._secret, "key:" + key_hash)[:16]
+
+    def issue(self, account_id: str, key_hash: str) -> str:
+        payload = f"{account_id}.{int(time.time()) + SESSION_TTL_S}.{secrets.token_hex(8)}.{self.key_tag(key_hash)}"
         return f"{payload}.{sign(self._secret, payload)}"
 
     def account_id(self, token: str | None) -> str | None:
-        if not token or token.count(".") != 3:
+        if not token or token.count(".") != 4:
             return None
         payload, mac = token.rsplit(".", 1)
         if not secrets.compare_digest(sign(self._secret, payload), mac):
             return None
-        account_id, expiry, _nonce = payload.split(".")
+        account_id, expiry, _nonce, _tag = payload.split(".")
         if not expiry.isdigit() or int(expiry) < time.time() or mac in self._revoked:
             return None
         return account_id
+
+    def signed_with(self, token: str, key_hash: str) -> bool:
+        """Whether a valid session was signed in with the key whose hash is `key_hash` (the account's now)."""
+        return secrets.compare_digest(token.split(".")[3], self.key_tag(key_hash))
 
     def revoke(self, token: str | None) -> None:
         """Ends a session (sign-out). Unknown or forged tokens are ignored: there is nothing to end."""
@@ -128,7 +144,29 @@ async def require_admin(request: Request, body: Mapping[str, Any] | None = None)
             account = await services(request).accounts.get(account_id)
         except ApiError:
             raise unauthorized("Admin session is no longer valid") from None
+        if not sessions.signed_with(token, account.row["key_hash"]):
+            raise unauthorized("Admin session ended: the API key it signed in with was rotated")
         ensure_active(account)
     if not account.is_admin:
         raise forbidden("This endpoint needs an admin API key")
     return account
+
+
+async def require_metrics_reader(request: Request) -> None:
+    """GET /metrics: `Authorization: Bearer <S7_METRICS_TOKEN>` (what a Prometheus scrape config sends), or an
+    admin API key (header, query, or as the bearer token). The metrics name models, routes and load."""
+    svc = services(request)
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    bearer = bearer.strip() if scheme.lower() == "bearer" else ""
+    token = svc.settings.metrics_token
+    if token and bearer and secrets.compare_digest(bearer.encode("utf-8", "surrogatepass"), token.encode("utf-8")):
+        return
+    key = key_from_request(request) or bearer
+    if not key:
+        raise unauthorized("GET /metrics needs Authorization: Bearer <S7_METRICS_TOKEN> or an admin API key")
+    account = await svc.accounts.authenticate(key)
+    if account is None:
+        raise unauthorized("Invalid metrics token or API key")
+    ensure_active(account)
+    if not account.is_admin:
+        raise forbidden("GET /metrics needs an admin API key or the metrics token")

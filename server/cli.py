@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.serving import uvicorn_options
 
     if args and args[0] == "wyoming":
         parser = argparse.ArgumentParser(
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.with_(wyoming_uri=parser.parse_args(args[1:]).uri)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, ws="websockets")
+    uvicorn.run(app, **uvicorn_options(settings))  # redacted logs, header deadline (server.serving)
     return 0
 
 

@@ -22,9 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    inspect,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -76,8 +78,20 @@ usage = Table(
     Column("note", Text),
     Column("created_at", Float, nullable=False),
     Column("settled_at", Float),
+    Column("owner", String(80)),  # the server process holding a reservation (server_processes.id)
 )
 Index("ix_usage_account", usage.c.account_id, usage.c.created_at)
+Index("ix_usage_status", usage.c.status)  # crash recovery looks up the few rows still reserved
+
+# One row per running server process, heartbeated (server.leases): a reservation whose owner stopped
+# heartbeating belongs to a process that died, and is refunded by the next one to look.
+server_processes = Table(
+    "server_processes",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
 
 speeches = Table(
     "speeches",
@@ -196,3 +210,48 @@ async def startup_lock(engine: AsyncEngine) -> AsyncIterator[None]:
 async def create_schema(engine: AsyncEngine) -> None:
     async with startup_lock(engine), engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_upgrade_in_place)
+
+
+def _upgrade_in_place(conn: Connection) -> None:
+    """A database made by an older version gets the nullable columns and the indexes added since (create_all
+    only creates missing tables): ALTER TABLE ... ADD COLUMN, which SQLite and PostgreSQL both do in place."""
+    inspector = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"the database lacks {table.name}.{column.name}, which cannot be added in place")
+            kind = column.type.compile(dialect=conn.dialect)
+            # PostgreSQL: two processes upgrading at once must not fail on the column the other one added.
+            guard = "IF NOT EXISTS " if conn.dialect.name == "postgresql" else ""
+            conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {guard}{quote(column.name)} {kind}"))
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+
+class DatabaseCorruptError(RuntimeError):
+    """The SQLite file failed its integrity check: serving from it would lose or invent balances."""
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """SQLite: `PRAGMA quick_check` before anything reads the file (O(size), about a second per GB), and a
+    refusal to start with a message an operator can act on. PostgreSQL checks its own pages."""
+    if engine.dialect.name != "sqlite":
+        return
+    path = engine.url.database or ":memory:"
+    try:
+        async with engine.connect() as conn:
+            problems = [str(r[0]) for r in (await conn.exec_driver_sql("PRAGMA quick_check")).all()]
+    except DBAPIError as exc:  # "file is not a database", "database disk image is malformed", ...
+        problems = [str(exc.orig)]
+    if problems != ["ok"]:
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise DatabaseCorruptError(
+            f"the SQLite database {path} is damaged ({shown}). The server will not start on it: restore it from "
+            "a backup, or salvage it with `sqlite3 speech7.db .recover | sqlite3 recovered.db` and point "
+            "S7_DATABASE_URL (or S7_DATA_DIR) at the result."
+        )

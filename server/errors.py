@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -12,11 +13,13 @@ log = logging.getLogger("speech7.errors")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        """`headers` go out with the error response (Retry-After, Connection: close)."""
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def bad_request(message: str, code: str = "bad_request") -> ApiError:
@@ -58,7 +61,7 @@ def error_body(code: str, message: str) -> dict:
 
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers or None)
 
 
 _HTTP_CODES = {

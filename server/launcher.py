@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from starlette.types import ASGIApp
 
@@ -134,13 +134,15 @@ def running_process(
 class ThreadedServer:
     """An ASGI app under uvicorn in a daemon thread (HTTP streaming and WebSockets behave as in production)."""
 
-    def __init__(self, app: ASGIApp, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, *, timeout_s: float = 60.0, options: Mapping[str, Any] | None = None) -> None:
+        """`options`: more uvicorn.Config arguments (e.g. server.serving.uvicorn_options minus host and port)."""
         import uvicorn
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = self.url.replace("http://", "ws://", 1)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets")
+        config = uvicorn.Config(app, **{"log_level": "warning", "ws": "websockets", **(options or {}),
+                                        "host": "127.0.0.1", "port": port})
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{port}", daemon=True)
         self._thread.start()
@@ -157,8 +159,10 @@ class ThreadedServer:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, *, timeout_s: float = 60.0) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(app, timeout_s=timeout_s)
+def serve_in_thread(
+    app: ASGIApp, *, timeout_s: float = 60.0, options: Mapping[str, Any] | None = None
+) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(app, timeout_s=timeout_s, options=options)
     try:
         yield server
     finally:

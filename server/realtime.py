@@ -259,7 +259,11 @@ class RealtimeSession:
             # charges more than the balance covers.
             seconds = self.received / SAMPLE_RATE  # every sample the engine got came through _push
             if seconds:
-                await self.minutes.settle(self.reservation, quantize_minutes(seconds), audio_seconds=seconds)
+                # TODO(issue 15, realtime owner): MinutesPool's caller contract is "reserve or extend BEFORE the
+                # work"; bill the audio processed (covered by _ensure_minutes) and drop the cap, which charges
+                # less than `received` when audio arrived beyond the reservation and the balance is empty.
+                await self.minutes.settle(self.reservation, quantize_minutes(seconds), audio_seconds=seconds,
+                                          cap_at_reservation=True)
                 self._svc.metrics.add_audio("realtime", seconds)
             else:
                 await self.minutes.refund(self.reservation, note="no audio")

@@ -18,7 +18,8 @@ def generate_api_key() -> str:
 
 
 def hash_api_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    # surrogatepass: a key that is not valid Unicode (`"\ud800"` from JSON) is just a key that matches nothing.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def key_matches(key: str, stored_hash: str) -> bool:

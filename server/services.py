@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the services import this module's accessor through server.a
     from server.accounts import AccountService
     from server.auth import AdminSessions
     from server.capabilities import Capabilities
+    from server.leases import ProcessLease
     from server.metrics import Metrics
     from server.minutes import MinutesPool
     from server.realtime import RealtimeService
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the services import this module's accessor through server.a
     from server.subtitle_jobs import SubtitleJobs
     from server.transcription import TranscriptionService
     from server.tts_service import TtsService
+    from server.upload_slots import UploadSlots
     from server.warmup import Readiness
 
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # the services import this module's accessor through server.a
 class Services:
     settings: Settings
     device: str  # resolved: cpu | cuda
+    lease: ProcessLease  # this process: its temporary files (`lease.tmp_dir`), its minutes reservations
     db: AsyncEngine
     catalog: Catalog
     models: ModelProvider
@@ -46,6 +49,7 @@ class Services:
     tts: TtsService
     subtitle_jobs: SubtitleJobs
     realtime: RealtimeService
+    upload_slots: UploadSlots  # per-account cap on uploads in progress
     readiness: Readiness  # /healthz says ready once the warm-up is done
 
 

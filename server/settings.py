@@ -38,6 +38,13 @@ class Settings:
     default_diarizer: str = "builtin"  # builtin | pyannote:<dir name under models/pyannote> | off
     stt_max_upload_mb: float = 200.0
     subtitle_max_upload_mb: float = 25.0
+    # Uploads one account may have in progress at once, per server process (429 beyond; 0: no cap).
+    max_uploads_per_account: int = 4
+    # A request body (upload or JSON) that sends nothing for this long is dropped with 408 and its file removed.
+    upload_idle_timeout_s: float = 60.0
+    # A connection must send a request's headers within this long (from connecting, or from the previous
+    # response), else it is closed: slow-header clients cannot hold connections (uvicorn has no such limit).
+    header_timeout_s: float = 20.0
     tts_max_words: int = 500
     # Billing minimum for TTS (the spec's "min 500 chars / 20 words"): short texts are accepted but billed
     # as at least one quantum; see README.
@@ -59,7 +66,9 @@ class Settings:
     # a PostgreSQL database_url, else local.
     blob_store: str = ""
     blob_chunk_kb: int = 1024  # bytes per row of the database store (what one read or write holds in memory)
-    job_workers: int = 1
+    # Subtitle jobs run at once per process: a long job does not hold up short ones (the batch queue
+    # interleaves their windows).
+    job_workers: int = 2
     job_retention_hours: float = 24.0
     job_poll_seconds: float = 1.0
     job_stale_seconds: float = 120.0  # a processing job whose heartbeat is older than this is re-queued
@@ -68,6 +77,8 @@ class Settings:
     # Load and run the default STT model and TTS voice at start; /healthz says 503 "starting" until done.
     warmup: bool = True
     log_level: str = "info"
+    # GET /metrics needs `Authorization: Bearer <token>` with this token, or an admin API key; empty: admin only.
+    metrics_token: str = ""
     session_secret: str = ""  # empty: random per process (admin web sessions end on restart)
     # Wyoming (Home Assistant's voice protocol), served by this process beside HTTP when a URI is set, e.g.
     # tcp://0.0.0.0:10300. The protocol carries no credentials, so every Wyoming request is billed to the

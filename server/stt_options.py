@@ -93,7 +93,7 @@ def parse_language_hints(value: Any) -> tuple[str, ...]:
         if s.startswith("["):
             try:
                 items = json.loads(s)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise bad_request("languageHints is not valid JSON") from None
             if not isinstance(items, list):
                 raise bad_request("languageHints must be a list of language codes")

@@ -22,7 +22,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engines.types import EngineError
-from server.accounts import Account, AccountService
+from server.accounts import Account, AccountService, ensure_active
 from server.capabilities import Capabilities
 from server.db import subtitle_jobs as jobs_t
 from server.db import usage as usage_t
@@ -42,6 +42,7 @@ MAX_ATTEMPTS = 3
 # An unfinished blob write untouched this long has lost its writer (a TTS stream or an upload being stored
 # takes seconds to minutes); sweeping it sooner could delete a live write of a slow client.
 ORPHAN_WRITE_AGE_S = 3600.0
+PROBE_DECODE_S = 600.0  # media whose header has no length: what the upload decodes to estimate it (~1 s of CPU)
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -104,11 +105,15 @@ class SubtitleJobs:
         # Refused now rather than failing later in the worker (the same checks /stt makes).
         self._capabilities.require_stt_options(account, diarize=options.diarize, model=options.model)
         try:
-            duration = await asyncio.to_thread(probe_duration, media.path)
+            # The header's length, or for media without one a decode of at most PROBE_DECODE_S: the upload
+            # stays cheap, and the worker extends the reservation to the real length before the work.
+            duration = await asyncio.to_thread(probe_duration, media.path, PROBE_DECODE_S)
         except EngineError as exc:
             raise api_error(exc, (422, "undecodable_media")) from None
         if duration <= 0:
             raise unprocessable("The media has no audio", code="empty_media")
+        # A header may claim any length: the reservation is at most what one request may decode to.
+        duration = min(duration, self._settings.max_audio_hours * 3600.0)
         job_id = new_id("sub")
         reservation = await self.minutes.reserve(account.id, quantize_minutes(duration), kind="subtitle_job", reference=job_id)
         upload_file = f"{job_id}.media"
@@ -208,6 +213,7 @@ class SubtitleJobs:
         beat = asyncio.ensure_future(self._heartbeat(job_id, progress))
         try:
             account = await self._accounts.get(row["account_id"])
+            ensure_active(account)  # disabled while queued: the job fails (refunded) instead of running
             opts = json.loads(row["options"])
             fmt = SubtitleFormat(**opts.pop("format"))
             options = SttOptions.from_json(json.dumps(opts))

@@ -2,13 +2,17 @@
 
 The media part (`audio`) is written to a temporary file under the data directory; other fields are kept as
 small strings. A request over the limit is refused (413) as soon as the limit is crossed, and its partial
-file is removed; nothing is ever buffered whole in memory.
+file is removed; nothing is ever buffered whole in memory. A body that stalls is dropped (408), and a caller
+that does not know yet who pays (no key in the header or query) passes a gate that sees the form fields
+before the file: nothing reaches the disk before it passes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from starlette.requests import Request
 
 from server.errors import ApiError, bad_request, too_large, unsupported_media
 
+CLOSE = {"Connection": "close"}
 MAX_FIELD_BYTES = 256 * 1024
 MAX_FIELDS = 200
 MEDIA_EXTENSIONS = {
@@ -62,8 +67,37 @@ class ParsedUpload:
             self.media.discard()
 
 
-async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, file_field: str = "audio") -> ParsedUpload:
-    """Parses a multipart request; raises 415/413/400 and leaves no file behind on any error."""
+# Before the caller knows who is paying (no key in the header or the query), at most this much of a body is
+# read looking for an `apiKey` form field, which must come before the file part; then 401.
+GATE_LIMIT_BYTES = 1024 * 1024
+# The gate: called once, with the form fields read so far, before the first byte of the file is written (or
+# at the end of a body without a file); it raises (401, 429, ...) to refuse the upload.
+Gate = Callable[[dict[str, str]], Awaitable[None]]
+
+
+async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a body that stalls longer than `idle_timeout_s` is dropped (408)."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"The request body stalled: no data for {idle_timeout_s:g} s",
+                           headers=CLOSE) from None
+        yield chunk
+
+
+async def receive_media(
+    request: Request, *, tmp_dir: Path, limit_bytes: int, file_field: str = "audio", idle_timeout_s: float = 60.0,
+    gate: Gate | None = None,
+) -> ParsedUpload:
+    """Parses a multipart request; raises 415/413/408/400 (or the gate's refusal) and leaves no file behind.
+
+    With a `gate`, nothing is written to disk before it passes, and it is called after at most
+    GATE_LIMIT_BYTES of the body. A refusal before the whole body was read closes the connection, so the
+    client stops sending."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise unsupported_media(f"Send the media as multipart/form-data with a file field named {file_field!r}")
@@ -72,15 +106,29 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
         raise bad_request("multipart/form-data without a boundary")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes + 1024 * 1024:
-        raise too_large(limit_bytes)
+        refusal = too_large(limit_bytes)
+        refusal.headers.update(CLOSE)
+        raise refusal
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     result = ParsedUpload()
+    # "pending": the file's bytes held in memory (one network chunk at most) until the gate has passed.
     state: dict = {"name": None, "filename": None, "ctype": "", "buf": bytearray(), "fh": None, "path": None,
-                   "size": 0, "error": None, "headers": {}}
+                   "size": 0, "error": None, "headers": {}, "gated": gate is None, "pending": None,
+                   "file_ended": False}
+
+    def open_file() -> None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        path = tmp_dir / f"up_{secrets.token_hex(12)}"
+        state["path"] = path
+        state["fh"] = open(path, "wb")
+
+    def close_file() -> None:
+        state["fh"].close()
+        state["fh"] = None
+        result.media = UploadedMedia(state["path"], state["filename"] or "upload", state["ctype"], state["size"])
 
     def on_part_begin() -> None:
-        state.update(name=None, filename=None, ctype="", buf=bytearray(), fh=None, path=None, headers={})
+        state.update(name=None, filename=None, ctype="", buf=bytearray(), headers={})
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["hf"] = state.get("hf", b"") + data[start:end]
@@ -101,7 +149,7 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
             if state["name"] != file_field:
                 state["error"] = bad_request(f"unexpected file field {state['name']!r}; send the media as {file_field!r}")
                 return
-            if result.media is not None:
+            if result.media is not None or state["pending"] is not None:
                 state["error"] = bad_request(f"send exactly one {file_field!r} file")
                 return
             if not media_type_allowed(state["ctype"], state["filename"]):
@@ -109,20 +157,23 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
                     f"Unsupported media type {state['ctype'] or 'unknown'!r}: send audio/* or video/*"
                 )
                 return
-            path = tmp_dir / f"up_{secrets.token_hex(12)}"
-            state["path"] = path
-            state["fh"] = open(path, "wb")
+            if state["gated"]:
+                open_file()
+            else:
+                state["pending"] = bytearray()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["error"] is not None:
             return
         n = end - start
-        if state["fh"] is not None:
+        if state["fh"] is not None or state["pending"] is not None:
             state["size"] += n
             if state["size"] > limit_bytes:
                 state["error"] = too_large(limit_bytes)
-                return
-            state["fh"].write(data[start:end])
+            elif state["fh"] is not None:
+                state["fh"].write(data[start:end])
+            else:
+                state["pending"] += data[start:end]
         else:
             if len(state["buf"]) + n > MAX_FIELD_BYTES:
                 state["error"] = bad_request(f"form field {state['name']!r} is too long")
@@ -133,9 +184,9 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
         if state["error"] is not None:
             return
         if state["fh"] is not None:
-            state["fh"].close()
-            result.media = UploadedMedia(state["path"], state["filename"] or "upload", state["ctype"], state["size"])
-            state["fh"] = None
+            close_file()
+        elif state["pending"] is not None:
+            state["file_ended"] = True  # a small file that arrived whole before the gate: stored after it
         else:
             if len(result.fields) >= MAX_FIELDS:
                 state["error"] = bad_request("too many form fields")
@@ -143,6 +194,17 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
             value = state["buf"].decode("utf-8", "replace")
             result.fields[state["name"]] = value
             result.repeated.setdefault(state["name"], []).append(value)
+
+    async def pass_gate() -> None:
+        assert gate is not None
+        await gate(dict(result.fields))
+        state["gated"] = True
+        pending, state["pending"] = state["pending"], None
+        if pending is not None:
+            open_file()
+            state["fh"].write(pending)
+            if state["file_ended"]:
+                close_file()
 
     parser = python_multipart.MultipartParser(
         boundary,
@@ -152,16 +214,26 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
             "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         },
     )
+    finished = False
+    received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, idle_timeout_s):
+            received += len(chunk)
             parser.write(chunk)
             if state["error"] is not None:
                 raise state["error"]
+            if not state["gated"] and (state["pending"] is not None or received > GATE_LIMIT_BYTES):
+                await pass_gate()  # the file has begun (the key must have come before it), or 1 MB went by
         parser.finalize()
         if state["error"] is not None:
             raise state["error"]
-    except ApiError:
+        finished = True
+        if not state["gated"]:  # a small body without a file
+            await pass_gate()
+    except ApiError as exc:
         _cleanup(state, result)
+        if not finished and "connection" not in {k.lower() for k in exc.headers}:
+            exc.headers.update(CLOSE)  # refused before the end of the body: stop the client sending the rest
         raise
     except Exception as exc:  # malformed multipart, client disconnect, ...
         _cleanup(state, result)
@@ -173,6 +245,7 @@ async def receive_media(request: Request, *, tmp_dir: Path, limit_bytes: int, fi
 
 
 def _cleanup(state: dict, result: ParsedUpload) -> None:
+    state["pending"] = None
     if state.get("fh") is not None:
         state["fh"].close()
     if state.get("path") is not None:

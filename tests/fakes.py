@@ -11,6 +11,7 @@ through, billed it and cleaned up, without a real model.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,11 @@ class FakeStt:
         self.model = model
         self._multilingual = multilingual
         self.fail: BaseException | None = None
+        # Set `hold_longer_than` (seconds) and transcribe() of longer audio sets `holding` and waits for
+        # `release`, as a long file keeps a model busy: what tests of fair sharing hold a request with.
+        self.hold_longer_than: float | None = None
+        self.holding = threading.Event()
+        self.release = threading.Event()
 
     @property
     def multilingual(self) -> bool:
@@ -131,6 +137,10 @@ class FakeStt:
         segments: list[Segment] = []
         run: list[Word] = []
         source = as_source(request.audio)  # the server hands over the front end's decoded file
+        if self.hold_longer_than is not None and source.samples > self.hold_longer_than * SAMPLE_RATE:
+            self.holding.set()
+            if not self.release.wait(timeout=60):
+                raise EngineError("the test never released the held transcription")
         for start, block in voiced_blocks(source.read(0, source.samples)):
             word = Word(f" tone{dominant_hz(block)}", start / SAMPLE_RATE, (start + BLOCK) / SAMPLE_RATE, 0.9)
             if run and run[-1].end < word.start:  # a silent second ends the segment

@@ -51,8 +51,8 @@ def error_of(r: httpx.Response, status: int) -> dict:
 
 
 def leftover_uploads(api) -> list[Path]:  # type: ignore[no-untyped-def]
-    tmp = Path(api.settings.data_dir) / "tmp"
-    return sorted(tmp.iterdir()) if tmp.is_dir() else []
+    tmp = Path(api.settings.data_dir) / "tmp"  # each server process keeps its files in its own directory here
+    return sorted(p for p in tmp.rglob("*") if p.is_file())
 
 
 # ---------------------------------------------------------------- media made at test time

@@ -254,3 +254,50 @@ async def test_admin_created_on_first_start_and_printed_when_generated(tmp_path,
         account = await services_of(app).accounts.authenticate(key)
         assert account is not None and account.is_admin
     assert "shown once" not in capsys.readouterr().out
+
+
+async def test_rotating_an_admin_s_key_ends_its_web_sessions(api):
+    """Issue 15: a session signed in with a key must not outlive the key (a leaked key is rotated to lock its
+    holder out, web sessions included)."""
+    c = api.client
+    second = await api.account(isAdmin=True)
+    r = await c.post("/admin/login", json={"apiKey": second["apiKey"]})
+    csrf = r.json()["csrfToken"]
+    assert (await c.get("/accounts")).status_code == 200
+    r = await c.post(f"/accounts/{second['id']}/rotate-key", headers={"x-api-key": ADMIN_KEY})
+    new_key = r.json()["apiKey"]
+    r = await c.get("/accounts")
+    assert r.status_code == 401 and "rotated" in r.json()["error"]["message"]
+    assert (await c.post("/accounts", json={"startingMinutes": 1}, headers={"x-csrf-token": csrf})).status_code == 401
+    # Signing in with the new key works, and a session that rotates its own key ends with that request.
+    r = await c.post("/admin/login", json={"apiKey": new_key})
+    csrf = r.json()["csrfToken"]
+    assert (await c.get("/admin/session")).status_code == 200
+    r = await c.post(f"/accounts/{second['id']}/rotate-key", headers={"x-csrf-token": csrf})
+    assert r.status_code == 200
+    assert (await c.get("/admin/session")).status_code == 401
+
+
+async def test_the_last_active_admin_cannot_be_demoted_or_disabled(api):
+    c, h = api.client, {"x-api-key": ADMIN_KEY}
+    me = (await c.get("/account", headers=h)).json()["id"]
+    for change in ({"isAdmin": False}, {"disabled": True}, {"isAdmin": False, "companyName": "X"}):
+        r = await c.patch(f"/accounts/{me}", json=change, headers=h)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "last_admin"), change
+    assert (await c.get("/account", headers=h)).json()["isAdmin"] is True  # nothing of the refused change stuck
+    assert (await c.get("/account", headers=h)).json().get("companyName") != "X"
+    second = await api.account(isAdmin=True)
+    # Two admins demoting each other at the same moment: one wins, the other is refused.
+    import asyncio
+
+    results = await asyncio.gather(
+        c.patch(f"/accounts/{me}", json={"isAdmin": False}, headers={"x-api-key": second["apiKey"]}),
+        c.patch(f"/accounts/{second['id']}", json={"isAdmin": False}, headers=h),
+    )
+    codes = sorted(r.status_code for r in results)  # the loser is refused: 409, or 403 if it lost its flag first
+    assert codes[0] == 200 and codes[1] in (403, 409), [r.text for r in results]
+    listed = (await c.get("/accounts", headers={"x-api-key": second["apiKey"]}))
+    if listed.status_code != 200:  # the second one lost its flag: the first is still an admin
+        listed = await c.get("/accounts", headers=h)
+    admins = [a for a in listed.json()["accounts"] if a["isAdmin"] and not a["disabled"]]
+    assert len(admins) == 1

@@ -74,6 +74,29 @@ async def test_two_servers_share_accounts_and_never_overdraw(
         assert r.status_code == 200, r.text
         assert await a.minutes(acc["apiKey"]) == 3.0
 
+        # Issue 15: each server's reservations belong to its lease; starting or recovering on the other leaves
+        # them alone while both are alive.
+        held = await pools[0].reserve(acc["id"], 1.0, kind="realtime")
+        recovered = await b.services.lease.recover(pools[1], note="refunded: test")
+        assert recovered.refunded == 0
+        assert await b.minutes(acc["apiKey"]) == 2.0
+        await pools[1].settle(held, 0.5)  # any server may settle it
+        assert await a.minutes(acc["apiKey"]) == 2.5
+
+        # Two admins demoting each other at once, through different servers: one stays an admin.
+        second = await a.account(isAdmin=True)
+        first_id = (await a.client.get("/account", headers=admin)).json()["id"]
+        results = await asyncio.gather(
+            a.client.patch(f"/accounts/{first_id}", json={"isAdmin": False}, headers={"x-api-key": second["apiKey"]}),
+            b.client.patch(f"/accounts/{second['id']}", json={"isAdmin": False}, headers=admin),
+        )
+        codes = sorted(r.status_code for r in results)
+        assert codes[0] == 200 and codes[1] in (403, 409), [r.text for r in results]
+        async with a.services.db.connect() as conn:
+            admins = (await conn.exec_driver_sql(
+                "select count(*) from accounts where is_admin and not disabled")).scalar_one()
+        assert admins == 1
+
 
 async def test_profile_fields_up_to_their_limit_are_stored_and_longer_ones_refused(
     tmp_path: Path, models_root: Path, postgres: PgCluster

@@ -208,7 +208,7 @@ def test_job_uploaded_to_one_node_runs_on_another(cluster: Cluster, testdata: Pa
     # Nothing of it on any node's disk: no job files, no scratch copy left on the worker.
     for data_dir in cluster.data_dirs.values():
         assert not (data_dir / "jobs").exists()
-        assert not list((data_dir / "tmp").glob("blob_*"))
+        assert not list((data_dir / "tmp").rglob("blob_*"))  # tmp/<lease>/: each process has its own
     assert_books_balance(cluster, acc["id"], 0.5)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ADMIN_KEY
+
 pytestmark = pytest.mark.slow
 
 
@@ -30,7 +32,7 @@ async def test_metrics_and_health_report_the_work_done(api, testdata: Path) -> N
     assert r.status_code == 200, r.text
     await api.client.get("/account/capabilities", headers={"x-api-key": "wrong"})
 
-    text = (await api.client.get("/metrics")).text
+    text = (await api.client.get("/metrics", headers={"x-api-key": ADMIN_KEY})).text
     assert _value(text, r's7_requests_total\{method="POST",route="/stt",status="200"\}') == 1
     assert _value(text, r's7_requests_total\{method="GET",route="/account/capabilities",status="401"\}') == 1
     assert _value(text, r's7_request_seconds_count\{method="POST",route="/stt"\}') == 1

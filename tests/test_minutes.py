@@ -50,3 +50,40 @@ async def test_out_of_minutes_is_402_with_message(api):
     with pytest.raises(Exception) as info:
         await api.services.minutes.reserve(acc["id"], 0.5, kind="stt")
     assert info.value.status == 402 and "Not enough minutes" in info.value.message
+
+
+async def test_settle_never_charges_less_than_the_work(api):
+    """Issue 15: settling above the reservation takes the rest from the balance when it can, and otherwise
+    refuses (the caller did unreserved work) instead of quietly capping the charge at the reservation."""
+    from server.minutes import UncoveredChargeError
+
+    acc = await api.account(startingMinutes=2)
+    pool = api.services.minutes
+    r1 = await pool.reserve(acc["id"], 0.5, kind="stt")
+    assert await pool.settle(r1, 1.5) == 1.5  # 1.0 more was there
+    assert await api.minutes(acc["apiKey"]) == 0.5
+    r2 = await pool.reserve(acc["id"], 0.5, kind="stt")
+    with pytest.raises(UncoveredChargeError):
+        await pool.settle(r2, 5.0)
+    assert await api.minutes(acc["apiKey"]) == 0.0  # nothing moved: still reserved, settle again or refund
+    assert await pool.settle(r2, 0.5) == 0.5
+    r3 = await pool.reserve(acc["id"], 0.0, kind="tts")
+    assert await pool.settle(r3, 1.0, cap_at_reservation=True) == 0.0  # the old behaviour, only on request
+
+
+async def test_extend_and_refund_follow_the_ledger_row(api):
+    from server.minutes import ReservationClosedError
+
+    acc = await api.account(startingMinutes=3)
+    pool = api.services.minutes
+    first = await pool.reserve(acc["id"], 0.5, kind="subtitle_job")
+    grown = await pool.extend(first, 1.0)
+    assert grown.minutes == 1.5 and await api.minutes(acc["apiKey"]) == 1.5
+    await pool.refund(first)  # a stale object: the row's 1.5 min go back, not the 0.5 it says
+    assert await api.minutes(acc["apiKey"]) == 3.0
+    with pytest.raises(ReservationClosedError):
+        await pool.extend(first, 0.5)  # a closed row takes nothing
+    assert await api.minutes(acc["apiKey"]) == 3.0
+    with pytest.raises(Exception) as info:
+        await pool.extend(await pool.reserve(acc["id"], 3.0, kind="stt"), 0.5)
+    assert info.value.status == 402

@@ -356,4 +356,4 @@ def test_bad_requests_get_openai_errors_and_cost_nothing(live_server, testdata, 
     assert (err["param"], err["code"]) == (param, code)
     assert err["type"] == "invalid_request_error"
     assert usage(live_server, acc["id"]) == [] and live_server.minutes(acc["apiKey"]) == 10
-    assert not list((Path(live_server.settings.data_dir) / "tmp").glob("up_*"))
+    assert not list((Path(live_server.settings.data_dir) / "tmp").rglob("up_*"))

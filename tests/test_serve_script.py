@@ -25,7 +25,13 @@ def test_scripts_serve_runs_the_api(tmp_path: Path, models_root: Path) -> None:
         r = httpx.post(f"{url}/tts", json={"apiKey": key, "text": "Hello world from the API."}, timeout=120)
         assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg" and len(r.content) > 1000
         assert (tmp_path / "data" / "speech7.db").is_file()  # SQLite under S7_DATA_DIR by default
-        metrics = httpx.get(f"{url}/metrics").text
+        assert httpx.get(f"{url}/metrics").status_code == 401  # admin key or S7_METRICS_TOKEN only
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer serve-test-admin-key"}).text
         assert 's7_requests_total{method="POST",route="/tts",status="200"} 1' in metrics
         health = httpx.get(f"{url}/healthz").json()
         assert health["device"] == "cpu" and "piper:en_US-joe-medium" in health["loadedModels"]
+        # The spec allows ?apiKey=: the access log must not keep it (issue 15).
+        assert httpx.get(f"{url}/account/capabilities", params={"apiKey": key}).status_code == 200
+    log = (tmp_path / "serve.log").read_text(errors="replace")  # complete once the server has stopped
+    assert '"GET /account/capabilities?apiKey=*** HTTP/1.1" 200' in log
+    assert key not in log and "serve-test-admin-key" not in log

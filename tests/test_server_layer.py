@@ -81,8 +81,9 @@ async def ledger(api: Api, account_id: str) -> list[tuple[str, str, float]]:
 
 
 def leftovers(api: Api, sub: str) -> list[str]:
+    """Files left under data/<sub> (tmp/ holds one directory per server process)."""
     d = Path(api.settings.data_dir) / sub
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    return sorted(p.name for p in d.rglob("*") if p.is_file())
 
 
 def test_fakes_implement_the_protocols() -> None:

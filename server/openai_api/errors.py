@@ -67,7 +67,7 @@ def error_response(exc: Exception) -> JSONResponse:
     err = as_api_error(exc)
     if err.status == 402:
         return JSONResponse(error_body(err), status_code=429, headers={"x-should-retry": "false"})
-    return JSONResponse(error_body(err), status_code=err.status)
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers or None)
 
 
 def openai_endpoint(fn: Endpoint) -> Endpoint:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -83,10 +82,11 @@ def parse_request(
 async def _handle(request: Request, task: str) -> Response:
     d = services(request)
     account = await require_account(request, d)
-    upload = await receive_media(
-        request, tmp_dir=Path(d.settings.data_dir) / "tmp", limit_bytes=d.settings.stt_max_upload_bytes,
-        file_field="file",
-    )
+    with d.upload_slots.hold(account.id):  # per-account cap on uploads in progress (429 beyond)
+        upload = await receive_media(
+            request, tmp_dir=d.lease.tmp_dir, limit_bytes=d.settings.stt_max_upload_bytes, file_field="file",
+            idle_timeout_s=d.settings.upload_idle_timeout_s,
+        )
     handed_over = False
     try:
         if upload.media is None:

@@ -24,7 +24,7 @@ async def login(request: Request) -> JSONResponse:
     if not account.is_admin:
         raise forbidden("Only admin API keys can sign in to the admin area")
     sessions = services(request).admin_sessions
-    token = sessions.issue(account.id)
+    token = sessions.issue(account.id, account.row["key_hash"])
     resp = JSONResponse({"accountId": account.id, "csrfToken": sessions.csrf_token(token)})
     resp.set_cookie(
         SESSION_COOKIE, token, max_age=SESSION_TTL_S, httponly=True, samesite="strict",

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from server.auth import require_account
+from server.auth import require_account, require_metrics_reader
 from server.services import services
 
 
@@ -36,6 +36,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> PlainTextResponse:
+    await require_metrics_reader(request)
     svc = services(request)
     text = svc.metrics.render(svc.models.instances(), await svc.subtitle_jobs.counts())
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

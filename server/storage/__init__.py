@@ -27,8 +27,9 @@ __all__ = [
 ]
 
 
-def make_blob_store(settings: Settings, db: AsyncEngine) -> BlobStore:
+def make_blob_store(settings: Settings, db: AsyncEngine, tmp_dir: Path | None = None) -> BlobStore:
+    """`tmp_dir`: where the database store materialises blobs as files (the process's own, server.leases)."""
     data_dir = Path(settings.data_dir)
     if blob_backend(settings.blob_store, settings.resolved_database_url) == "database":
-        return DatabaseBlobStore(db, data_dir / "tmp", settings.blob_chunk_kb * 1024)
+        return DatabaseBlobStore(db, tmp_dir or data_dir / "tmp", settings.blob_chunk_kb * 1024)
     return LocalBlobStore(data_dir)

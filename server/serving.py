@@ -1,0 +1,158 @@
+"""How uvicorn serves the app (`speech7 serve`): no secrets in its logs, and no connection held by a client
+that sends its request headers slowly.
+
+* Logs: uvicorn's access log prints every request line with its query string, and its error log the path of
+  each WebSocket it accepts, so a key sent as `?apiKey=` (the Speech7 API allows it) would be written to the
+  log. `RedactSecrets` rewrites `apiKey=...` (and `api_key`, `key`, `token`, `access_token`) to `apiKey=***`
+  in every record uvicorn's handlers write.
+* Slow headers: uvicorn bounds the size of a request's headers (h11's 16 KB incomplete-event limit) and
+  closes an idle keep-alive connection after `timeout_keep_alive`, but a client that sends one header byte
+  every few seconds holds a connection forever. The protocol classes below close a connection whose request
+  headers are not complete `S7_HEADER_TIMEOUT_S` after it opened (or after the previous response). A body
+  that stalls is the app's to drop (server.uploads.body_chunks, 408).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import re
+from typing import Any
+
+from server.settings import Settings
+
+KEEP_ALIVE_S = 5  # uvicorn's default, stated: an idle keep-alive connection is closed after this
+MAX_HEADER_BYTES = 16 * 1024  # h11's default incomplete-event limit, stated: larger headers get a 400
+SECRET_PARAM = re.compile(r"(?i)([?&;](?:api_?key|key|token|access_token)=)[^&;\s\"']*")
+
+
+def redact_secrets(text: str) -> str:
+    """`/stt?apiKey=s7_abc&x=1` -> `/stt?apiKey=***&x=1`."""
+    return SECRET_PARAM.sub(r"\1***", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites the string arguments (the request line, the WebSocket path) and the message of a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_secrets(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact_secrets(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging configuration with `RedactSecrets` on both of its handlers."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_secrets"] = {"()": RedactSecrets}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact_secrets")
+    return config
+
+
+class _HeaderDeadline:
+    """Mixed into uvicorn's HTTP protocol classes: a connection gets `header_timeout_s` for each request's
+    headers, counted from connecting or from the end of the previous response; then it is closed."""
+
+    header_timeout_s: float = 20.0
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    _deadline: asyncio.TimerHandle | None = None
+    _awaiting_headers: bool = False
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._awaiting_headers = True
+        self._deadline = self.loop.call_later(self.header_timeout_s, self._header_deadline_passed)
+
+    def _disarm_header_deadline(self) -> None:
+        self._awaiting_headers = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._deadline = None
+        if self._awaiting_headers and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _h11_class() -> type:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11WithHeaderDeadline(_HeaderDeadline, H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # a whole request line and headers have arrived
+                self._disarm_header_deadline()
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._disarm_header_deadline()
+            super().handle_websocket_upgrade(event)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+    return H11WithHeaderDeadline
+
+
+def _httptools_class() -> type:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HttpToolsWithHeaderDeadline(_HeaderDeadline, HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_deadline()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # its headers are in already
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+    return HttpToolsWithHeaderDeadline
+
+
+def http_protocol(header_timeout_s: float) -> type:
+    """The class uvicorn's `http="auto"` would pick (httptools when installed, else h11), with the deadline."""
+    try:
+        import httptools  # noqa: F401
+
+        base = _httptools_class()
+    except ImportError:
+        base = _h11_class()
+    return type(base.__name__, (base,), {"header_timeout_s": header_timeout_s})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for uvicorn.run / uvicorn.Config besides the app."""
+    return {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level, "ws": "websockets",
+        "log_config": uvicorn_log_config(), "http": http_protocol(settings.header_timeout_s),
+        "timeout_keep_alive": KEEP_ALIVE_S, "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+    }
