@@ -1,15 +1,19 @@
 """The language of a realtime stream's current utterance: fixed by the engine, or identified per utterance.
 
-Without a language the engine fixes (an English-only model, or hints its rule makes forcing), every utterance
-starts unknown: its windows are decoded with the language detected from their own encoder output, among the
-hints (as the engine's `choose_language` rules: restricting today, preferring if hints become preferences),
+Without a language the engine fixes (an English-only model, or a forced `language`), every utterance starts
+unknown: its windows are decoded with the language detected from their own encoder output, preferring the
+hints (the engine's `choose_language`: another language wins only when clearly more probable in enough audio),
 until enough of the utterance was heard; then the language stays, and windows name it (so they share batches
 with other streams'). A speaker switching languages between utterances is therefore read in each one's.
 """
 
 from __future__ import annotations
 
-LID_LOCK_S = 2.0  # after this much utterance audio the detected language stops changing
+from engines.whisper_text import CLEARLY_OTHER_MIN_S
+
+# After this much utterance audio the detected language stops changing: not before a language the hints do
+# not name could have won (choose_language needs CLEARLY_OTHER_MIN_S for that).
+LID_LOCK_S = CLEARLY_OTHER_MIN_S
 LID_EARLY_S, LID_SURE = 1.0, 0.9  # ... or after this much, when the detection is this sure
 
 
