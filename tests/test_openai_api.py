@@ -144,9 +144,9 @@ def test_translation_to_english_and_models_that_cannot(live_server, testdata):
 @pytest.fixture
 def gated_decoder(live_server, monkeypatch):  # type: ignore[no-untyped-def]
     """tiny.en's batch worker taking one chunk per batch, and holding the second batch until `gate` opens."""
-    engine = live_server.services.models.stt("tiny.en")
-    monkeypatch.setattr(engine.workers[0], "max_batch_size", 1)
-    original = engine._decode_batch
+    worker = live_server.services.models.stt("tiny.en").workers[0]
+    monkeypatch.setattr(worker, "_limit", lambda _key: 1)
+    original = worker._run_batch
     state = {"decoded": 0, "timed_out": False, "gate": threading.Event()}
 
     def decode(*args: Any, **kw: Any) -> Any:
@@ -156,7 +156,7 @@ def gated_decoder(live_server, monkeypatch):  # type: ignore[no-untyped-def]
         state["decoded"] += 1
         return result
 
-    monkeypatch.setattr(engine, "_decode_batch", decode)
+    monkeypatch.setattr(worker, "_run_batch", decode)
     yield state
     state["gate"].set()  # never leave the model's worker waiting
 

@@ -197,7 +197,7 @@ def test_http_and_wyoming_requests_are_decoded_in_one_batch(wy, testdata, monkey
     wy.set_minutes(10)
     engine = wy.services.models.stt("tiny.en")
     worker = engine.workers[0]
-    original = engine._decode_batch
+    original = worker._run_batch
     gate, busy = threading.Event(), threading.Event()
     batch_sizes: list[int] = []
 
@@ -208,7 +208,7 @@ def test_http_and_wyoming_requests_are_decoded_in_one_batch(wy, testdata, monkey
             gate.wait(TIMEOUT_S)
         return original(items, *args, **kw)
 
-    monkeypatch.setattr(engine, "_decode_batch", decode)
+    monkeypatch.setattr(worker, "_run_batch", decode)
     acc = wy.account(sttApiKey="whisper:tiny.en")
     sdk = openai.OpenAI(api_key=acc["apiKey"], base_url=f"{wy.url}/v1", max_retries=0, timeout=TIMEOUT_S)
     clip = testdata / "en" / "LJ001-0002.wav"
