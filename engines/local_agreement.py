@@ -69,27 +69,31 @@ def stable_prefix_len(words: Sequence[tuple[float, float]], audio_end: float, ru
 
 def loop_start(words: Sequence[tuple[str, float, float]]) -> int:
     """Where a decoding loop starts in a hypothesis of (text, start, end) words: the end of the first of
-    consecutive repeats of a phrase (two words or more repeated twice, one word three times) whose repeats
-    take less than half the audio time the phrase took, else len(words).
+    consecutive repeats of a phrase, three or more, or two whose repeat took less than half the audio time
+    the phrase took; else len(words).
 
     Whisper, small models on short windows most of all, sometimes repeats a phrase until its token limit
-    ("printing in printing in printing", "printing in the only sense, printing in the only sense, ..."); the
-    first occurrence is real speech, the rest is not: its words are squeezed into the end of the window. A
-    speaker who really says a phrase twice takes about as long the second time."""
+    ("Printy. Printy. Printy. Printy.", "printing in the only sense, printing in the only sense, ..."); the
+    first occurrence is what it heard, the rest is not: often squeezed into the end of the window. A
+    speaker who says a phrase twice takes about as long the second time."""
     keys = [normalize_word(w[0]) for w in words]
     size = len(keys)
 
     def duration(i: int, n: int) -> float:
         return words[i + n - 1][2] - words[i][1]
 
+    def repeats(i: int, n: int) -> int:
+        k = 1
+        while keys[i + k * n : i + (k + 1) * n] == keys[i : i + n]:
+            k += 1
+        return k
+
     for i in range(size):
         for n in range(1, (size - i) // 2 + 1):
-            times = 3 if n == 1 else 2
-            if i + n * times > size or keys[i + n] != keys[i]:
+            if keys[i + n] != keys[i]:
                 continue
-            if all(keys[i + k * n : i + (k + 1) * n] == keys[i : i + n] for k in range(1, times)) and all(
-                duration(i + k * n, n) < duration(i, n) / 2 for k in range(1, times)
-            ):
+            times = repeats(i, n)
+            if times >= 3 or (times == 2 and duration(i + n, n) < duration(i, n) / 2):
                 return i + n
     return size
 

@@ -77,6 +77,9 @@ def test_a_decoding_loop_is_cut_but_a_phrase_said_twice_is_kept():
     assert loop_start(loop) == 2
     loop = timed("Americans. Americans. Americans.", [(0, .6), (.6, .6), (.6, .6)])
     assert loop_start(loop) == 1
+    # Three times or more is a loop, however the words were timed.
+    loop = timed("Printy. Printy. Printy. Printy.", [(0, .4), (.4, .8), (1, 1.8), (1.9, 2.4)])
+    assert loop_start(loop) == 1
     # A speaker saying it again takes about as long the second time.
     said = timed("has never been surpassed has never been surpassed",
                  [(0, .3), (.3, .6), (.6, .8), (.8, 1.5), (2.5, 2.8), (2.8, 3.1), (3.1, 3.3), (3.3, 4.0)])
