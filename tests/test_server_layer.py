@@ -23,7 +23,9 @@ from engines.types import (
     EngineError,
     ModelProvider,
     SpeakerEncoder,
+    StreamOptions,
     SttEngine,
+    SttStream,
     Translator,
     TtsEngine,
 )
@@ -33,6 +35,7 @@ from tests.fakes import (
     FakeDiarizer,
     FakeModels,
     FakeSpeakerEncoder,
+    FakeStream,
     FakeStt,
     FakeTranslator,
     FakeTts,
@@ -87,7 +90,8 @@ def leftovers(api: Api, sub: str) -> list[str]:
 
 def test_fakes_implement_the_protocols() -> None:
     """Same methods, same parameters as the protocols (mypy checks the types: tests/fakes.py `_conforms`)."""
-    pairs = [(SttEngine, FakeStt("x")), (TtsEngine, FakeTts("x")), (Diarizer, FakeDiarizer()),
+    pairs = [(SttEngine, FakeStt("x")), (SttStream, FakeStream(FakeStt("x"), StreamOptions(), None)),
+             (TtsEngine, FakeTts("x")), (Diarizer, FakeDiarizer()),
              (SpeakerEncoder, FakeSpeakerEncoder()), (Translator, FakeTranslator()), (ModelProvider, FakeModels([], []))]
     for proto, fake in pairs:
         names = [n for n, v in vars(proto).items() if inspect.isfunction(v) and not n.startswith("_")]
