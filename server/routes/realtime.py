@@ -39,27 +39,26 @@ MISSING_KEY = "Missing or invalid API key (send x-api-key, ?apiKey=..., or apiKe
 
 async def realtime(ws: WebSocket) -> None:
     svc = services(ws).realtime
-    # A key in the header or the URL is checked before the upgrade, so that an account over its session cap
-    # is refused there; a bad key is still answered after it, as one error message (what clients expect).
-    account: Account | None = None
-    auth_error: ApiError | None = None
-    if key_from_request(ws):
-        try:
-            account = await require_account(ws)
-        except ApiError as exc:
-            auth_error = exc
     try:
-        ticket = svc.admission.admit()
+        ticket = svc.admission.admit()  # first: a full or overloaded server refuses without any other work
     except Refusal as refusal:
         await _deny(ws, refusal)
         return
     try:
-        if account is not None:
+        # A key in the header or the URL is checked before the upgrade, so that an account over its session
+        # cap is refused there; a bad key is still answered after it, as one error message (what clients
+        # expect).
+        account: Account | None = None
+        auth_error: ApiError | None = None
+        if key_from_request(ws):
             try:
+                account = await require_account(ws)
                 ticket.bind(account.id)
             except Refusal as refusal:
                 await _deny(ws, refusal)
                 return
+            except ApiError as exc:
+                auth_error = exc
         await _serve(ws, svc, ticket, account, auth_error)
     finally:
         ticket.release()
