@@ -30,12 +30,12 @@ from engines.types import (
     TtsEngine,
 )
 from tests.conftest import ADMIN_KEY, Api
+from tests.fake_stream import FakeStream
 from tests.fakes import (
     TTS_SECONDS_PER_CHAR,
     FakeDiarizer,
     FakeModels,
     FakeSpeakerEncoder,
-    FakeStream,
     FakeStt,
     FakeTranslator,
     FakeTts,
