@@ -305,6 +305,7 @@ class RealtimeSession:
         for t in update.tokens:
             if t.is_final:
                 self.ticket.record_lag(self._clock.lag(t.end_ms * SAMPLE_RATE // 1000))
+        self._clock.final_to(update.final_audio_proc_ms * SAMPLE_RATE // 1000)
         had_partial = bool(self._last_partial)
         self._last_partial = tuple(t for t in update.tokens if not t.is_final)
         msg = update_message(update, endpoint_token=self.config.endpoint_detection)

@@ -67,26 +67,32 @@ def overload_lag(session_p95s: Sequence[float], busy: float | None, max_lag_s: f
 
 
 class LagWindow:
-    """One session's final-token lags of the last LAG_WINDOW_S."""
+    """One session's final-token lags of the last LAG_WINDOW_S. Its p95 is computed again only when a lag was
+    added or dropped since, so that admitting a burst of connections next to hundreds of sessions stays cheap."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._lags: deque[tuple[float, float]] = deque()
+        self._p95: float | None = None
+        self._stale = False
 
     def add(self, lag_s: float) -> None:
         now = self._clock()
         self._lags.append((now, lag_s))
+        self._stale = True
         self._prune(now)
 
     def p95(self) -> float | None:
         self._prune(self._clock())
-        if not self._lags:
-            return None
-        return float(np.percentile(np.asarray([lag for _, lag in self._lags]), 95))
+        if self._stale:
+            self._stale = False
+            self._p95 = float(np.percentile(np.asarray([lag for _, lag in self._lags]), 95)) if self._lags else None
+        return self._p95
 
     def _prune(self, now: float) -> None:
         while self._lags and self._lags[0][0] < now - LAG_WINDOW_S:
             self._lags.popleft()
+            self._stale = True
 
 
 class AudioClock:
@@ -111,11 +117,16 @@ class AudioClock:
         self._received += samples
         self._ends.append((self._received, now))
 
-    def lag(self, end_sample: int) -> float:
-        """Seconds from when the audio up to `end_sample` was due until now; pieces before it are forgotten
-        (final words come in order)."""
-        while len(self._ends) > 1 and self._ends[0][0] < end_sample:
+    def final_to(self, sample: int) -> None:
+        """All audio before `sample` is final: no word will end there any more, its pieces are forgotten (a
+        long session without words keeps nothing)."""
+        while len(self._ends) > 1 and self._ends[0][0] < sample:
             self._ends.popleft()
+
+    def lag(self, end_sample: int) -> float:
+        """Seconds from when the audio up to `end_sample` was due until now (final words come in order: the
+        pieces before it are forgotten)."""
+        self.final_to(end_sample)
         if self._start is None or not self._ends:
             return 0.0
         arrived = self._ends[0][1]
