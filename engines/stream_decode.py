@@ -8,6 +8,11 @@ has used up everything it was given, so "the thread waits on an empty pipe" mean
 decodable from the bytes so far has been produced": `feed()` waits for exactly that (bounded by
 `max_wait_s`), so a chunk's audio comes back from the call that fed it.
 
+A frame may decode to far more audio than its size suggests (a few MB of FLAC can hold hours of silence),
+so `max_frame_samples` bounds what one `feed()` may produce: beyond it the decoder stops (the container
+thread as soon as it has decoded that much unread audio, before it decodes the rest) and raises
+`FrameTooLongError`, so memory and CPU stay bounded whatever a frame holds.
+
 Raw PCM needs no thread: partial sample frames are carried between chunks and a stateful resampler
 converts to 16 kHz. Plain PCM WAV streams are sniffed and sent down that path too, because
 FFmpeg's WAV demuxer reads 64 KiB ahead (S/PDIF detection) before giving out any audio: 2 s of
@@ -36,7 +41,7 @@ from engines.audio import (
     pcm_bytes_per_sample,
     pcm_to_float_mono,
 )
-from engines.types import EngineError
+from engines.types import SAMPLE_RATE, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,16 @@ _CLOSE_TIMEOUT_S = 60.0
 _MAX_WAV_HEADER = 64 * 1024
 
 _EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class FrameTooLongError(EngineError):
+    """One frame (or the frames since the last feed) decoded to more audio than the decoder may hold."""
+
+    def __init__(self, limit_samples: int) -> None:
+        super().__init__(
+            f"one audio frame decodes to more than {limit_samples / SAMPLE_RATE:g} s of audio; send the stream in "
+            "smaller frames, as it is recorded"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,8 +152,10 @@ class _Pipe:
     without close() can be finalized and its finalizer aborts the thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.cond = threading.Condition()
+        self.limit = limit  # unread samples beyond which the thread stops with FrameTooLongError
+        self.unread = 0
         self.buf = bytearray()
         self.eof = False  # no more bytes will come: read() returns b"" once the buffer is empty
         self.aborted = False  # discard everything and stop as soon as possible
@@ -175,6 +192,9 @@ class _Pipe:
     def emit(self, pcm: np.ndarray) -> None:
         with self.cond:
             self.out.append(pcm)
+            self.unread += len(pcm)
+            if self.limit is not None and self.unread > self.limit:
+                raise FrameTooLongError(self.limit)  # ends the thread: nothing more is decoded
 
     def finish(self, error: BaseException | None) -> None:
         with self.cond:
@@ -203,9 +223,9 @@ def _decode_loop(pipe: _Pipe) -> None:
 class _ContainerDecoder:
     """Any FFmpeg-readable container, decoded by a background thread (see the module docstring)."""
 
-    def __init__(self, max_wait_s: float) -> None:
+    def __init__(self, max_wait_s: float, limit: int | None = None) -> None:
         self.max_wait_s = max_wait_s
-        self.pipe = _Pipe()
+        self.pipe = _Pipe(limit)
         self.dropped = 0
         self.thread = threading.Thread(
             target=_decode_loop, args=(self.pipe,), name="stream-decode", daemon=True
@@ -243,6 +263,7 @@ class _ContainerDecoder:
     def _collect(self) -> np.ndarray:
         with self.pipe.cond:
             pieces, self.pipe.out = self.pipe.out, []
+            self.pipe.unread = 0
             done, error = self.pipe.done, self.pipe.error
         if done and error is not None:
             raise _as_media_error(error)
@@ -256,7 +277,8 @@ class StreamDecoder:
     MP4, ...); `"pcm_s16le"`/`"pcm_f32le"` take interleaved raw PCM at `sample_rate` with
     `num_channels` (default 1). Not thread-safe: one caller at a time. Bad input raises
     `UndecodableMediaError` / `EmptyMediaError` (both `engines.audio.MediaError`) from `feed()` or
-    `close()`; after that the decoder is closed.
+    `close()`; after that the decoder is closed. `max_frame_samples` (16 kHz samples; None: no bound) is the
+    most one `feed()` may return: `FrameTooLongError` beyond it.
     """
 
     def __init__(
@@ -266,9 +288,11 @@ class StreamDecoder:
         num_channels: int | None = None,
         *,
         max_wait_s: float = 0.05,
+        max_frame_samples: int | None = None,
     ) -> None:
         self.audio_format = audio_format
         self.max_wait_s = max_wait_s
+        self.max_frame_samples = max_frame_samples
         self._closed = False
         self._head = b""  # auto mode: first bytes held until the format is known
         self._impl: _PcmDecoder | _ContainerDecoder | None = None
@@ -288,8 +312,12 @@ class StreamDecoder:
             raise RuntimeError("StreamDecoder is closed")
         try:
             if self._impl is None:
-                return self._sniff(bytes(data), final=False)
-            return self._impl.feed(bytes(data))
+                pcm = self._sniff(bytes(data), final=False)
+            else:
+                pcm = self._impl.feed(bytes(data))
+            if self.max_frame_samples is not None and len(pcm) > self.max_frame_samples:
+                raise FrameTooLongError(self.max_frame_samples)  # raw PCM: a huge frame at a low rate
+            return pcm
         except EngineError:
             self._fail()
             raise
@@ -335,7 +363,7 @@ class StreamDecoder:
         if status == "pcm" and header is not None:
             self._impl = _pcm_for(header)
             return self._impl.feed(head[header.data_offset :])
-        self._impl = _ContainerDecoder(self.max_wait_s)
+        self._impl = _ContainerDecoder(self.max_wait_s, self.max_frame_samples)
         weakref.finalize(self, self._impl.pipe.abort)  # dropped without close(): end the thread
         return self._impl.feed(head)
 

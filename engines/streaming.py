@@ -330,6 +330,8 @@ class WhisperStream:
                 sum(1 for w in merged if w.end / SAMPLE_RATE <= heard - self._rule.agree_margin_s))
         if self._language.sure:  # a word read in a language still being identified may be misread
             n = max(n, stable_prefix_len([(w.end / SAMPLE_RATE, w.probability) for w in merged], heard, self._rule))
+        elif self._language.doubtful:  # ... and one read in a language that may still be overruled, is
+            n = 0
         final += self._commit(merged[:n])
         # A hypothesis that lost words keeps the lost ones pending: a later decode or the pause commits them.
         self._pending = self._clamped(merged[n:])

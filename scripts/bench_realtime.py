@@ -6,8 +6,12 @@
     .venv/bin/python scripts/bench_realtime.py --url http://host:8080 --key KEY ...   # an already running server
 
 Without `--url` the script starts `python -m server.cli serve` (a throw-away data directory, the models in
-`--models-dir`, default `$S7_MODELS_DIR`, S7_REALTIME_MAX_SESSIONS above the largest level) and creates an
-account whose `sttApiKey` is `--model` (default whisper:base with --device cuda, else whisper:tiny.en).
+`--models-dir`, default `$S7_MODELS_DIR`, S7_REALTIME_MAX_SESSIONS above the largest level, no per-account
+cap: every session is the bench account's) and creates an account whose `sttApiKey` is `--model` (default
+whisper:base with --device cuda, else whisper:tiny.en). The server's admission by measured load stays on
+(`--max-lag`, S7_REALTIME_MAX_LAG_S: 0 turns it off); sessions it refuses (503 before the upgrade) are
+counted in the `ref` column and fail the level. Before each level the script waits until the server holds
+no session of the previous one.
 
 All sessions of a level run on this process's one asyncio loop (no thread per client), so hundreds of them
 cost the client little; the table's `loop` column is how late that loop ran its timers (p99), which would
@@ -116,6 +120,7 @@ class Result:
     reference: str = ""
     finish_s: float = 0.0  # empty frame sent -> finished message
     error: str | None = None
+    refused: bool = False  # the server refused the session (HTTP 503/429 before the upgrade, or error 503/429)
 
 
 async def run_session(ws_url: str, pcm: bytes, reference: str, delay: float) -> Result:
@@ -145,6 +150,7 @@ async def run_session(ws_url: str, pcm: bytes, reference: str, delay: float) -> 
                 msg = json.loads(raw)
                 if "error_code" in msg:
                     res.error = f"{msg['error_code']} {msg.get('error_message')}"
+                    res.refused = msg["error_code"] in (429, 503)
                     break
                 if msg.get("finished"):
                     res.finish_s = now - sent_all[0] if sent_all else 0.0
@@ -165,7 +171,10 @@ async def run_session(ws_url: str, pcm: bytes, reference: str, delay: float) -> 
             if res.error is None and not res.finish_s:
                 res.error = f"closed without finishing (code {ws.close_code})"
     except Exception as exc:  # a refused or dropped session is a result of the level, not a crash
+        from websockets.exceptions import InvalidStatus
+
         res.error = f"{type(exc).__name__}: {exc}"
+        res.refused = isinstance(exc, InvalidStatus) and exc.response.status_code in (429, 503)
     return res
 
 
@@ -205,6 +214,7 @@ class Server:
 
         self.server: ServerProcess | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.admin: str | None = None
         if args.url:
             self.url, self.key = args.url.rstrip("/"), args.key
         else:
@@ -212,8 +222,13 @@ class Server:
             admin = "s7_bench_realtime_admin_0123456789"
             env = {"S7_DATA_DIR": self._tmp.name, "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir),
                    "S7_DEVICE": args.device, "S7_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1",
-                   # The default cap (64) would refuse the larger levels' sessions.
-                   "S7_REALTIME_MAX_SESSIONS": str(max(args.levels) + 8)}
+                   # The default ceiling (64) would refuse the larger levels' sessions, and the per-account cap
+                   # (8) all but a few: the bench streams every session from one account.
+                   "S7_REALTIME_MAX_SESSIONS": str(max(args.levels) + 8),
+                   "S7_REALTIME_MAX_SESSIONS_PER_ACCOUNT": "0"}
+            if args.max_lag is not None:
+                env["S7_REALTIME_MAX_LAG_S"] = str(args.max_lag)
+            self.admin = admin
             self.log = Path(self._tmp.name) / "server.log"
             try:
                 self.server = start_process(env, log=self.log, timeout_s=180)
@@ -229,21 +244,36 @@ class Server:
         caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
         self.stt = caps.get("stt") or {}
 
-    def batch_counters(self) -> tuple[float, float]:
-        """(batches, items) the server's models ran so far, from /metrics; zeros when it has none."""
+    def metrics(self) -> list[str]:
+        """GET /metrics (with the admin key when this script started the server: it may be protected)."""
         import httpx
 
-        batches = items = 0.0
+        headers = {"x-api-key": self.admin or self.key or ""}
         try:
-            text = httpx.get(f"{self.url}/metrics", timeout=10).text
+            r = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10)
         except httpx.HTTPError:
-            return 0.0, 0.0
-        for line in text.splitlines():
+            return []
+        return r.text.splitlines() if r.status_code == 200 else []
+
+    def batch_counters(self) -> tuple[float, float]:
+        """(batches, items) the server's models ran so far, from /metrics; zeros when it has none."""
+        batches = items = 0.0
+        for line in self.metrics():
             if line.startswith("s7_batch_batches{"):
                 batches += float(line.rsplit(" ", 1)[1])
             elif line.startswith("s7_batch_items{"):
                 items += float(line.rsplit(" ", 1)[1])
         return batches, items
+
+    def wait_idle(self, timeout_s: float = 60.0) -> None:
+        """Until the server holds no realtime session (it frees a slot just after the client saw the close),
+        so that a level is not refused for the previous level's sessions; bounded."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live = [x for x in self.metrics() if x.startswith("s7_realtime_sessions ")]
+            if not live or float(live[0].rsplit(" ", 1)[1]) == 0:
+                return
+            time.sleep(0.2)
 
     @property
     def ws_url(self) -> str:
@@ -270,8 +300,9 @@ QUANTILES = (50, 90, 95, 99)
 
 def table_head() -> list[str]:
     lags = " ".join(f"{'p' + str(q):>5}" for q in QUANTILES)
-    first = f"{'':>9}  {'final-token lag (s)':^23}  {'partial lag (s)':^23}"
-    return [first, f"{'N':>4} {'ok':>4}  {lags}  {lags}  {'upd':>5} {'fin':>5} {'WER':>6} {'batch':>6} {'loop':>6}"]
+    first = f"{'':>14}  {'final-token lag (s)':^23}  {'partial lag (s)':^23}"
+    return [first, f"{'N':>4} {'ok':>4} {'ref':>4}  {lags}  {lags}  {'upd':>5} {'fin':>5} {'WER':>6} {'batch':>6} "
+                   f"{'loop':>6}"]
 
 
 def table_row(n: int, results: list[Result], batch: float, lateness: list[float]) -> str:
@@ -282,7 +313,8 @@ def table_row(n: int, results: list[Result], batch: float, lateness: list[float]
     lags = "  ".join(" ".join(f"{pct(v, q):>5.2f}" for q in QUANTILES) for v in (final, partial))
     update = pct([x for r in ok for x in r.intervals], 50)
     finish = pct([r.finish_s for r in ok], 50)
-    return (f"{n:>4} {len(ok):>4}  {lags}  {update:>5.2f} {finish:>5.2f} {werr:>6.3f} {batch:>6.1f} "
+    refused = sum(r.refused for r in results)
+    return (f"{n:>4} {len(ok):>4} {refused:>4}  {lags}  {update:>5.2f} {finish:>5.2f} {werr:>6.3f} {batch:>6.1f} "
             f"{pct(lateness, 99):>6.3f}")
 
 
@@ -297,6 +329,8 @@ def main() -> None:
     ap.add_argument("--url", help="an already running server (then --key is needed)")
     ap.add_argument("--key", help="API key for --url")
     ap.add_argument("--max-p95", type=float, default=1.0, help="pass threshold on the p95 final lag, seconds")
+    ap.add_argument("--max-lag", type=float, help="the started server's S7_REALTIME_MAX_LAG_S (admission by "
+                    "measured lag; 0: off; default: the server's)")
     ap.add_argument("--all", action="store_true", help="run every level even after one fails")
     ap.add_argument("--show-text", action="store_true", help="print each level's first transcript and reference")
     args = ap.parse_args()
@@ -325,14 +359,15 @@ def main() -> None:
         print("-" * len(head[-1]))
         best, tried = 0, []
         for n in levels:
+            server.wait_idle()
             counters = server.batch_counters()
             results, lateness = asyncio.run(run_level(server.ws_url, programmes, n, seed=n))
             batches, items = (b - a for a, b in zip(counters, server.batch_counters(), strict=True))
             tried.append(n)
             print(table_row(n, results, items / batches if batches else float("nan"), lateness), flush=True)
-            for r in results:
-                if r.error:
-                    print(f"    session error: {r.error}")
+            errors = sorted({r.error for r in results if r.error})
+            for error in errors[:5]:  # hundreds of refused sessions say the same thing
+                print(f"    session error ({sum(r.error == error for r in results)}x): {error}")
             if args.show_text and results:
                 print(f"    text: {results[0].text.strip()}\n    reference: {results[0].reference}")
             final = [x for r in results if r.error is None for x in r.final_lags]

@@ -33,6 +33,7 @@ from server.leases import ProcessLease, new_lease_id
 from server.metrics import Metrics, MetricsMiddleware
 from server.minutes import MinutesPool
 from server.realtime import RealtimeService
+from server.realtime_admission import AdmissionLimits
 from server.realtime_config import decode_interval
 from server.routes import build_routes
 from server.services import Services
@@ -120,8 +121,10 @@ def create_app(settings: Settings, *, manager: ModelProvider | None = None) -> S
             ),
             realtime=RealtimeService(
                 capabilities=capabilities, models=models, minutes=minutes, inference=inference, metrics=metrics,
-                max_sessions=settings.realtime_max_sessions,
+                limits=AdmissionLimits(settings.realtime_max_sessions, settings.realtime_max_sessions_per_account,
+                                       settings.realtime_max_lag_s),
                 decode_interval_s=decode_interval(settings.realtime_decode_interval_s, device),
+                idle_s=settings.realtime_idle_s,
             ),
             upload_slots=UploadSlots(settings.max_uploads_per_account),
         )

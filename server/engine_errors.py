@@ -21,11 +21,14 @@ def api_error(exc: EngineError, refusal: tuple[int, str] = ENGINE_REFUSAL) -> Ap
     # Imported here: engines.audio loads PyAV, which a server that never fails needs no sooner.
     from engines.audio import EmptyMediaError, MediaError
     from engines.batching import WorkerClosedError
+    from engines.stream_decode import FrameTooLongError
 
     if isinstance(exc, ModelMissingError):
         return ApiError(503, "model_missing", str(exc))
     if isinstance(exc, WorkerClosedError):
         return ApiError(503, "shutting_down", "The server is shutting down; retry the request")
+    if isinstance(exc, FrameTooLongError):
+        return ApiError(413, "frame_too_long", str(exc))
     if isinstance(exc, EmptyMediaError):
         return ApiError(422, "empty_media", str(exc))
     if isinstance(exc, MediaError):

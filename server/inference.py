@@ -1,7 +1,7 @@
 """The threads that wait on the engines.
 
 Engine calls block: a transcription waits while the model's batch worker (engines.batching) runs its items
-together with other requests', a realtime session waits on each re-decode, a TTS stream on each sentence.
+together with other requests', a realtime session on decoding its frames, a TTS stream on each sentence.
 Every such wait holds a thread, so the server owns a pool sized for them instead of borrowing the event
 loop's default executor (cores + 4 threads, which would cap concurrent requests far below what one batched
 model serves, and which quick chores such as file writes also use). The lifespan shuts it down after the
@@ -23,7 +23,8 @@ R = TypeVar("R")
 
 
 def inference_threads(settings: Settings) -> int:
-    """One thread per realtime session (each waits on its stream), plus room for files, jobs and TTS."""
+    """Room for every realtime session to decode a frame at once (their stream decodes are awaited as
+    Futures and hold no thread), plus room for files, jobs and TTS."""
     return max(32, settings.realtime_max_sessions + 16)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +30,11 @@ class Metrics:
         self.stage_sum: dict[str, float] = defaultdict(float)
         self.stage_count: dict[str, int] = defaultdict(int)
         self.stage_buckets: dict[tuple[str, float], int] = defaultdict(int)
+        self._sources: list[Callable[[], Iterable[str]]] = []
+
+    def add_source(self, lines: Callable[[], Iterable[str]]) -> None:
+        """A service's own lines (the realtime sessions' gauges), rendered with the rest; called on the loop."""
+        self._sources.append(lines)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """One timing of a pipeline stage (engines call this from any thread, through a StageFn)."""
@@ -81,6 +86,8 @@ class Metrics:
             for kind, secs in sorted(self.audio_seconds.items()):
                 lines.append(f's7_audio_seconds_total{{kind="{kind}"}} {secs:.3f}')
         lines += list(_engine_lines(engines))
+        for source in self._sources:
+            lines += list(source())
         if jobs is not None:
             lines += ["# HELP s7_subtitle_jobs Subtitle jobs by status", "# TYPE s7_subtitle_jobs gauge"]
             for status, n in sorted(jobs.items()):

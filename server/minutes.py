@@ -117,26 +117,23 @@ class MinutesPool:
 
     async def settle(
         self, reservation: Reservation, minutes: float, *, audio_seconds: float = 0.0, reference: str | None = None,
-        cap_at_reservation: bool = False,
     ) -> float:
         """Charge exactly `minutes`; what the reservation held beyond that goes back to the balance.
 
         A charge above the reservation (the ledger row's amount, whatever this object says) takes the extra
         from the balance when it covers it; otherwise `UncoveredChargeError` is raised and nothing changes:
-        callers reserve or `extend` before the work, so that never happens. `cap_at_reservation` keeps the
-        old behaviour (charge at most what was reserved) for the callers that still bill after the work;
-        see their TODOs. Settling a row twice charges once (the second call returns the first charge), and
-        a refunded row stays refunded (0.0).
+        callers reserve or `extend` before the work, so that never happens. Settling a row twice charges once
+        (the second call returns the first charge), and a refunded row stays refunded (0.0).
         """
         for _ in range(5):  # a concurrent extend of the same row changes its amount: read it again
             try:
-                return await self._settle_once(reservation, minutes, audio_seconds, reference, cap_at_reservation)
+                return await self._settle_once(reservation, minutes, audio_seconds, reference)
             except _RowChanged:
                 continue
         raise RuntimeError(f"reservation {reservation.usage_id} kept changing while it was settled")
 
     async def _settle_once(
-        self, reservation: Reservation, minutes: float, audio_seconds: float, reference: str | None, cap: bool
+        self, reservation: Reservation, minutes: float, audio_seconds: float, reference: str | None
     ) -> float:
         now = time.time()
         async with self._db.begin() as conn:
@@ -157,12 +154,10 @@ class MinutesPool:
                     .values(minutes=accounts.c.minutes - extra, updated_at=now)
                 )
                 if res.rowcount != 1:
-                    if not cap:
-                        raise UncoveredChargeError(
-                            f"settling {minutes:g} min on reservation {reservation.usage_id}, which holds {held:g} "
-                            "min, and the balance cannot cover the rest: the work was not reserved before it ran"
-                        )
-                    charge = held
+                    raise UncoveredChargeError(
+                        f"settling {minutes:g} min on reservation {reservation.usage_id}, which holds {held:g} "
+                        "min, and the balance cannot cover the rest: the work was not reserved before it ran"
+                    )
             values: dict = {"status": "settled", "minutes": charge, "audio_seconds": audio_seconds, "settled_at": now}
             if reference is not None:
                 values["reference"] = reference

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engines.types import MAX_ENDPOINT_DELAY_MS
 from server.errors import ApiError
 from server.stt_options import SttOptions, parse_bool, parse_language_hints, parse_stt_options
 
@@ -27,11 +28,19 @@ class RealtimeConfig:
     endpoint_detection: bool
     language_a: str | None
     language_b: str | None
-    allow_missing_directions: bool
+    # Soniox's bound on the time from the end of speech to its endpoint (MAX_ENDPOINT_DELAY_MS); None: default.
+    max_endpoint_delay_ms: int | None = None
 
     @property
     def two_way(self) -> bool:
         return bool(self.language_a and self.language_b)
+
+    @property
+    def stream_hints(self) -> tuple[str, ...]:
+        """Languages the stream prefers: the hints, and with two-way translation A and B too (so English
+        speech in an en/sl session hinted only ["sl"] is still read as English, pane A)."""
+        extra = (self.language_a, self.language_b) if self.two_way else ()
+        return tuple(dict.fromkeys(h for h in (*self.stt.language_hints, *extra) if h))
 
 
 def parse_config(raw: Any) -> RealtimeConfig:
@@ -62,11 +71,22 @@ def parse_config(raw: Any) -> RealtimeConfig:
     try:
         lid = parse_bool(raw.get("enable_language_identification"), "enable_language_identification")
         ep = parse_bool(raw.get("enable_endpoint_detection"), "enable_endpoint_detection")
-        allow = parse_bool(raw.get("allow_missing_directions"), "allow_missing_directions")
+        # Accepted for older clients and ignored: a pair missing one direction is always served now.
+        parse_bool(raw.get("allow_missing_directions"), "allow_missing_directions")
     except ApiError as exc:
         raise ConfigError(exc.message) from None
     return RealtimeConfig(fmt, sr if fmt.startswith("pcm") else None, ch if fmt.startswith("pcm") else None, stt,
-                          lid or a is not None, ep, a, b, allow)
+                          lid or a is not None, ep, a, b, _endpoint_delay(raw.get("max_endpoint_delay_ms")))
+
+
+def _endpoint_delay(value: Any) -> int | None:
+    if value is None:
+        return None
+    low, high = MAX_ENDPOINT_DELAY_MS
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if not whole or not low <= value <= high:
+        raise ConfigError(f"max_endpoint_delay_ms must be an integer from {low} to {high} (milliseconds)")
+    return int(value)
 
 
 # Fields whose value may legitimately be a list or an object (dictionaries, hints, context).
@@ -87,7 +107,8 @@ def _lang(value: Any, name: str) -> str | None:
 
 
 def missing_directions(a: str, b: str, served: Sequence[tuple[str, str]]) -> list[str]:
-    """Directions A->B and B->A that nothing serves. Into English, Whisper's translate task always serves."""
+    """Directions A->B and B->A that nothing serves (the session runs without them). Into English, Whisper's
+    translate task always serves."""
     have = {tuple(p) for p in served}
     out = []
     for src, tgt in ((a, b), (b, a)):

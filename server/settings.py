@@ -72,7 +72,15 @@ class Settings:
     job_retention_hours: float = 24.0
     job_poll_seconds: float = 1.0
     job_stale_seconds: float = 120.0  # a processing job whose heartbeat is older than this is re-queued
+    # Live WS /stt/realtime sessions per process, whatever the load: the hard ceiling (503 before the upgrade).
     realtime_max_sessions: int = 64
+    # Live sessions one account may hold per process (429; 0: no cap), so one tenant cannot take every slot.
+    realtime_max_sessions_per_account: int = 8
+    # Admission by measured load: no new session while the median live session's p95 final-token lag is above
+    # this and the STT model is saturated (server/realtime_admission.py); 0 turns it off.
+    realtime_max_lag_s: float = 2.0
+    # A session that sends no audio (nor {"type": "keepalive"}) for this long is closed (error 408, close 4408).
+    realtime_idle_s: float = 20.0
     realtime_decode_interval_s: float = 0.0  # 0: 0.3 s on CPU, 0.2 s on CUDA (see realtime_config)
     # Load and run the default STT model and TTS voice at start; /healthz says 503 "starting" until done.
     warmup: bool = True

@@ -3,7 +3,9 @@ translated onto pane B, and vice versa. Translation happens per utterance (at an
 or the end of the stream), because translating word by word reads badly.
 
 Into English, Whisper's own translate task runs on the utterance's audio (no extra weights) unless a
-CTranslate2 model serves the pair; other directions need a CTranslate2 model (engines.translation).
+CTranslate2 model serves the pair; other directions need a CTranslate2 model (engines.translation). A
+session whose pair lacks a model for one direction still runs: the other direction is served, and the
+session's first message (`intro`) says which direction is missing and how to install it.
 """
 
 from __future__ import annotations
@@ -100,10 +102,25 @@ class TwoWay:
         if non_final:
             lang = pick_language(non_final[0].language, self.a, self.b, self.last_language)
             self.panes[lang].non_final = "".join(t.text for t in non_final)
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        """The translation summary every message of the session carries (the reference's shape)."""
         return {
             "type": "two_way_transcription",
             "languageA": self.panes[self.a].json(),
             "languageB": self.panes[self.b].json(),
+        }
+
+    def intro(self, missing: list[str]) -> dict[str, Any]:
+        """The first message of a session whose pair lacks a translation model for some direction."""
+        return {
+            "tokens": [], "final_audio_proc_ms": 0, "total_audio_proc_ms": 0, **self.summary(),
+            "missingDirections": missing,
+            "message": f"No translation model serves {', '.join(missing)} on this server: speech in "
+            f"{' or '.join(d.split('->')[0] for d in missing)} is transcribed but not translated. To translate it, "
+            "install a CTranslate2 model for that pair (scripts/models import argos FILE.argosmodel, or a "
+            "converted translator under models/translation/; see README) and restart the server.",
         }
 
     async def _translate_pending(self) -> None:
@@ -139,4 +156,4 @@ class TwoWay:
 
                 text = enforce_translation_terms(p.text, text, self.terms)
             return text
-        return None  # an unserved direction the client accepted with allow_missing_directions
+        return None  # a direction no model serves: the session's first message said so

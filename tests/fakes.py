@@ -10,14 +10,16 @@ through, billed it and cleaned up, without a real model.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engines.batching import BatchStats
 from engines.types import (
     SAMPLE_RATE,
     AudioChunk,
@@ -31,8 +33,6 @@ from engines.types import (
     SpeakerFn,
     SpeakerTurn,
     StreamOptions,
-    StreamToken,
-    StreamUpdate,
     SttRequest,
     SttResult,
     TranslationRequest,
@@ -42,6 +42,9 @@ from engines.types import (
     as_source,
 )
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.fake_stream import FakeStream, StreamLoad
 
 BLOCK = SAMPLE_RATE  # one word per second of voiced audio
 VOICED_RMS = 0.01
@@ -155,51 +158,25 @@ class FakeStt:
         return SttResult(tuple(segments), language, 1.0, source.samples / SAMPLE_RATE)
 
     def open_stream(self, options: StreamOptions, *, speaker_fn: SpeakerFn | None = None) -> FakeStream:
+        from tests.fake_stream import FakeStream
+
+        self.streams.opened.append(options)
         return FakeStream(self, options, speaker_fn)
+
+    @functools.cached_property
+    def streams(self) -> StreamLoad:
+        """How this engine's realtime streams run: tests slow them down or hold them (tests/fake_stream.py)."""
+        from tests.fake_stream import StreamLoad
+
+        return StreamLoad()
+
+    def batch_stats(self) -> BatchStats:
+        """What a loaded model reports on /metrics; the realtime admission reads its busy ratio."""
+        return BatchStats(0, 0, 0, {}, 0, busy_ratio=self.streams.busy_ratio)
 
 
 def _segment(words: list[Word]) -> Segment:
     return Segment("".join(w.text for w in words), words[0].start, words[-1].end, tuple(words))
-
-
-class FakeStream:
-    """`SttStream`: each voiced second becomes a final token as soon as it is complete."""
-
-    def __init__(self, engine: FakeStt, options: StreamOptions, speaker_fn: SpeakerFn | None) -> None:
-        self._engine = engine
-        self._language = options.language_hints[0] if options.language_hints else "en"
-        self._speaker_fn = speaker_fn
-        self._audio = np.zeros(0, dtype=np.float32)
-        self._done = 0  # samples turned into tokens (or skipped as silence)
-
-    def accept(self, pcm: np.ndarray) -> StreamUpdate:
-        if self._engine.fail is not None:
-            raise self._engine.fail
-        self._audio = np.concatenate([self._audio, np.asarray(pcm, dtype=np.float32)])
-        complete = (len(self._audio) // BLOCK) * BLOCK
-        tokens = self._tokens(self._done, complete)
-        self._done = complete
-        return self._update(tokens)
-
-    def accept_all(self, pcm: np.ndarray) -> list[StreamUpdate]:
-        return [self.accept(pcm)]
-
-    def finish(self) -> StreamUpdate:
-        self._done = len(self._audio)  # a trailing part-second is too short to be a word
-        return self._update([])
-
-    def _tokens(self, start: int, end: int) -> list[StreamToken]:
-        out = []
-        for offset, block in voiced_blocks(self._audio[start:end]):
-            s = start + offset
-            speaker = self._speaker_fn(block) if self._speaker_fn else None
-            out.append(StreamToken(f" tone{dominant_hz(block)}", s * 1000 // SAMPLE_RATE, (s + BLOCK) * 1000 // SAMPLE_RATE,
-                                   0.9, True, self._language, speaker))
-        return out
-
-    def _update(self, tokens: list[StreamToken]) -> StreamUpdate:
-        ms = self._done * 1000 // SAMPLE_RATE
-        return StreamUpdate(tuple(tokens), ms, len(self._audio) * 1000 // SAMPLE_RATE)
 
 
 class FakeSpeakerEncoder:

@@ -26,7 +26,7 @@ from engines.audio import (
     pcm_from_raw,
     probe_duration,
 )
-from engines.stream_decode import StreamDecoder, parse_wav_header
+from engines.stream_decode import FrameTooLongError, StreamDecoder, parse_wav_header
 from engines.types import SAMPLE_RATE, EngineError
 
 SR = SAMPLE_RATE
@@ -300,6 +300,31 @@ def test_stream_edge_cases(tmp_path: Path, jfk: np.ndarray) -> None:
         StreamDecoder(audio_format="pcm_s16le")  # needs sample_rate
     with pytest.raises(ValueError):
         StreamDecoder(audio_format="mulaw")  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_stream_frames_that_decode_to_too_much_audio_are_refused(tmp_path: Path, jfk: np.ndarray) -> None:
+    """A few kB of FLAC that hold five minutes of silence: the decoder thread stops once it holds a minute
+    of unread audio, instead of decoding (and keeping) all of it."""
+    import soundfile as sf
+
+    limit = 60 * SR
+    path = tmp_path / "silence.flac"
+    sf.write(path, np.zeros(300 * SR, dtype=np.float32), SR, format="FLAC")
+    dec = StreamDecoder(max_wait_s=10.0, max_frame_samples=limit)
+    with pytest.raises(FrameTooLongError, match="60 s"):
+        dec.feed(path.read_bytes())
+        dec.close()
+    assert not _decoder_threads()
+    # Raw PCM: one frame of 70 s at 8 kHz is 1.1 MB, and refused the same way.
+    pcm = StreamDecoder("pcm_s16le", 8000, max_frame_samples=limit)
+    with pytest.raises(FrameTooLongError):
+        pcm.feed(np.zeros(70 * 8000, dtype="<i2").tobytes())
+    # Speech streamed in frames as it is recorded is far below the bound.
+    webm = _encode(jfk, tmp_path / "jfk.webm", "webm", "libopus", 48000).read_bytes()
+    ok = StreamDecoder(max_wait_s=10.0, max_frame_samples=limit)
+    got = np.concatenate([ok.feed(webm[i : i + 4000]) for i in range(0, len(webm), 4000)] + [ok.close()])
+    assert abs(len(got) - len(jfk)) < SR // 10
 
 
 def test_parse_wav_header() -> None:

@@ -67,8 +67,6 @@ async def test_settle_never_charges_less_than_the_work(api):
         await pool.settle(r2, 5.0)
     assert await api.minutes(acc["apiKey"]) == 0.0  # nothing moved: still reserved, settle again or refund
     assert await pool.settle(r2, 0.5) == 0.5
-    r3 = await pool.reserve(acc["id"], 0.0, kind="tts")
-    assert await pool.settle(r3, 1.0, cap_at_reservation=True) == 0.0  # the old behaviour, only on request
 
 
 async def test_extend_and_refund_follow_the_ledger_row(api):

@@ -23,11 +23,14 @@ from engines.types import (
     EngineError,
     ModelProvider,
     SpeakerEncoder,
+    StreamOptions,
     SttEngine,
+    SttStream,
     Translator,
     TtsEngine,
 )
 from tests.conftest import ADMIN_KEY, Api
+from tests.fake_stream import FakeStream
 from tests.fakes import (
     TTS_SECONDS_PER_CHAR,
     FakeDiarizer,
@@ -88,7 +91,8 @@ def leftovers(api: Api, sub: str) -> list[str]:
 
 def test_fakes_implement_the_protocols() -> None:
     """Same methods, same parameters as the protocols (mypy checks the types: tests/fakes.py `_conforms`)."""
-    pairs = [(SttEngine, FakeStt("x")), (TtsEngine, FakeTts("x")), (Diarizer, FakeDiarizer()),
+    pairs = [(SttEngine, FakeStt("x")), (SttStream, FakeStream(FakeStt("x"), StreamOptions(), None)),
+             (TtsEngine, FakeTts("x")), (Diarizer, FakeDiarizer()),
              (SpeakerEncoder, FakeSpeakerEncoder()), (Translator, FakeTranslator()), (ModelProvider, FakeModels([], []))]
     for proto, fake in pairs:
         names = [n for n, v in vars(proto).items() if inspect.isfunction(v) and not n.startswith("_")]

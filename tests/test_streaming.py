@@ -174,6 +174,23 @@ def test_max_endpoint_delay_shortens_the_silence_that_ends_an_utterance():
         0.5 - ENDPOINT_SLACK_S)
 
 
+def test_a_hint_held_against_a_more_probable_language_stays_open_until_it_can_be_overruled():
+    """choose_language overrules a hint only on CLEARLY_OTHER_MIN_S of audio; an utterance whose detection
+    chose a language it found improbable keeps detecting (and commits nothing) until then, instead of being
+    locked to the hint after LID_LOCK_S."""
+    from engines.stream_language import LID_LOCK_S, UtteranceLanguage
+    from engines.whisper_text import CLEARLY_OTHER_MIN_S
+
+    doubtful = UtteranceLanguage(None)
+    doubtful.identified("sl", 0.02, LID_LOCK_S + 0.5)  # English speech, hinted ["sl"]
+    assert not doubtful.locked and doubtful.doubtful and doubtful.request is None
+    doubtful.identified("en", 0.97, CLEARLY_OTHER_MIN_S)  # now the hint could be overruled, and was
+    assert doubtful.locked and doubtful.language == "en" and not doubtful.doubtful
+    plain = UtteranceLanguage(None)
+    plain.identified("de", 0.6, LID_LOCK_S)  # an unsure but likely language locks as before
+    assert plain.locked and not plain.doubtful
+
+
 def test_incremental_log_mel_matches_whisper_front_end(testdata: Path):
     """Frames computed as 100 ms frames arrive equal faster-whisper's features of the same window (but at
     its first and last frames, where faster-whisper reflects the window's own audio instead)."""

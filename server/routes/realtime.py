@@ -1,34 +1,78 @@
-"""WS /stt/realtime: JSON config first (it may carry the API key), then binary audio frames, an empty frame
-to finalize."""
+"""WS /stt/realtime: admission before the upgrade, then a JSON config first (it may carry the API key), then
+binary audio frames and control messages, an empty frame to finish.
+
+Messages after the config (Soniox's protocol):
+- a binary frame: audio; an empty one (or an empty text message) ends the audio: the server finalizes
+  everything, sends `"finished": true` and closes;
+- `{"type": "keepalive"}`: nothing is answered; it keeps a session without audio open;
+- `{"type": "finalize"}`: every word heard so far becomes final at once, followed by a "<fin>" token; the
+  session goes on;
+- anything else: an error message `{"error_code": 400, "error_message", "fatal": false}`; the session goes on.
+A session that receives no audio (nor keepalive) for S7_REALTIME_IDLE_S is closed with error 408 (close 4408).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
+from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server.accounts import Account
 from server.auth import key_from_request, require_account
 from server.engine_errors import ws_error
-from server.errors import ApiError, unauthorized
-from server.realtime import RealtimeSession
+from server.errors import ApiError, error_body, unauthorized
+from server.realtime import RealtimeService, RealtimeSession
+from server.realtime_admission import Refusal, Ticket
 from server.realtime_config import ConfigError, parse_config
 from server.services import services
 
 log = logging.getLogger("speech7.realtime")
 CONFIG_TIMEOUT_S = 30
+MISSING_KEY = "Missing or invalid API key (send x-api-key, ?apiKey=..., or apiKey in the config message)"
 
 
 async def realtime(ws: WebSocket) -> None:
+    svc = services(ws).realtime
+    try:
+        ticket = svc.admission.admit()  # first: a full or overloaded server refuses without any other work
+    except Refusal as refusal:
+        await _deny(ws, refusal)
+        return
+    try:
+        # A key in the header or the URL is checked before the upgrade, so that an account over its session
+        # cap is refused there; a bad key is still answered after it, as one error message (what clients
+        # expect).
+        account: Account | None = None
+        auth_error: ApiError | None = None
+        if key_from_request(ws):
+            try:
+                account = await require_account(ws)
+                ticket.bind(account.id)
+            except Refusal as refusal:
+                await _deny(ws, refusal)
+                return
+            except ApiError as exc:
+                auth_error = exc
+        await _serve(ws, svc, ticket, account, auth_error)
+    finally:
+        ticket.release()
+
+
+async def _serve(
+    ws: WebSocket, svc: RealtimeService, ticket: Ticket, account: Account | None, auth_error: ApiError | None
+) -> None:
     await ws.accept()
     session: RealtimeSession | None = None
     processor: asyncio.Task | None = None
     try:
-        # A key in the header or the URL is checked before the config arrives; without one, the config
-        # message must carry it (`apiKey`), which keeps it out of URLs, proxy logs and browser history.
-        account = await require_account(ws) if key_from_request(ws) else None
+        if auth_error is not None:
+            raise auth_error
         try:
             first = await asyncio.wait_for(ws.receive(), timeout=CONFIG_TIMEOUT_S)
         except TimeoutError:
@@ -45,6 +89,7 @@ async def realtime(ws: WebSocket) -> None:
             raise ConfigError("the first message must be JSON") from None
         message_key = body.pop("apiKey", None) if isinstance(body, dict) else None
         if account is None:
+            # Without a key in the URL the config carries it, keeping it out of URLs, proxy logs and history.
             if not isinstance(message_key, str) or not message_key:
                 raise unauthorized(MISSING_KEY)
             account = await require_account(ws, {"apiKey": message_key})  # the HTTP routes' checks
@@ -53,39 +98,11 @@ async def realtime(ws: WebSocket) -> None:
         async def send(msg: dict) -> None:
             await ws.send_text(json.dumps(msg, ensure_ascii=False))
 
-        session = services(ws).realtime.session(account, config, send)
+        session = svc.session(account, config, send, ticket)
         await session.open()
         processor = asyncio.ensure_future(session.process())
-        while True:
-            recv = asyncio.ensure_future(ws.receive())
-            done, _ = await asyncio.wait({recv, processor}, return_when=asyncio.FIRST_COMPLETED)
-            if processor in done:
-                recv.cancel()
-                processor.result()  # raises the processor's error (e.g. minutes ran out)
-                break
-            msg = recv.result()
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes")
-            if data is None:
-                text = msg.get("text") or ""
-                if text.strip() == "":
-                    data = b""
-                else:  # a JSON control message: only {"type": "finalize"} is understood
-                    try:
-                        ctl = json.loads(text)
-                    except ValueError:
-                        ctl = None
-                    if isinstance(ctl, dict) and ctl.get("type") in {"finalize", "close"}:
-                        data = b""
-                    else:
-                        raise ApiError(400, "bad_message", "send audio as binary frames, an empty frame to finalize")
-            if len(data) == 0:
-                await session.finalize()
-                await processor
-                break
-            await session.feed(data)
-        await ws.close()
+        if await _relay(ws, session, processor, svc.idle_s):
+            await ws.close()
     except WebSocketDisconnect:
         pass
     except Exception as exc:
@@ -103,7 +120,75 @@ async def realtime(ws: WebSocket) -> None:
             await session.close()
 
 
-MISSING_KEY = "Missing or invalid API key (send x-api-key, ?apiKey=..., or apiKey in the config message)"
+async def _relay(ws: WebSocket, session: RealtimeSession, processor: asyncio.Task, idle_s: float) -> bool:
+    """Hands the client's messages to the session until the stream is finished (True) or the client left
+    (False). The idle clock runs only while the server waits for the client."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle_s if idle_s > 0 else None
+    while True:
+        recv = asyncio.ensure_future(ws.receive())
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        done, _ = await asyncio.wait({recv, processor}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if processor in done:
+            recv.cancel()
+            processor.result()  # raises the processor's error (e.g. minutes ran out)
+            return True
+        if not done:
+            recv.cancel()
+            raise ApiError(408, "idle_timeout",
+                           f"No audio for {idle_s:g} s: the session is closed (send {{\"type\": \"keepalive\"}} "
+                           "to keep a session without audio open)")
+        msg = recv.result()
+        if msg["type"] == "websocket.disconnect":
+            return False
+        kind, payload = classify(msg)
+        if kind == "audio":
+            assert isinstance(payload, bytes)
+            await session.feed(payload)
+        elif kind == "end":
+            await session.end()
+            await processor
+            return True
+        elif kind == "finalize":
+            session.request_finalize()
+        elif kind == "unknown":
+            await session.send({"error_code": 400, "error_message": payload, "fatal": False})
+        if kind in ("audio", "keepalive") and deadline is not None:
+            deadline = loop.time() + idle_s
+
+
+def classify(msg: Mapping[str, Any]) -> tuple[str, bytes | str]:
+    """A client message after the config: ("audio", bytes), ("end", b""), ("keepalive" | "finalize", ""),
+    or ("unknown", what the error message says)."""
+    data = msg.get("bytes")
+    if data is not None:
+        return ("audio", data) if data else ("end", b"")
+    text = msg.get("text") or ""
+    if not text.strip():
+        return "end", b""
+    try:
+        control = json.loads(text)
+    except ValueError:
+        control = None
+    kind = control.get("type") if isinstance(control, dict) else None
+    if kind in ("keepalive", "finalize"):
+        return kind, ""
+    if kind == "close":  # accepted by earlier versions of this server: the end of the audio
+        return "end", b""
+    what = f"unknown message type {kind!r}" if isinstance(kind, str) else "a text message that is not a control message"
+    return "unknown", (f"{what} (ignored): send audio as binary frames, {{\"type\": \"keepalive\"}}, "
+                       "{\"type\": \"finalize\"}, or an empty frame to end the audio")
+
+
+async def _deny(ws: WebSocket, refusal: Refusal) -> None:
+    """Refuses the handshake with an HTTP response (503/429 and Retry-After), before any upgrade."""
+    headers = {"Retry-After": str(refusal.retry_after_s)}
+    try:
+        await ws.send_denial_response(
+            JSONResponse(error_body(refusal.code, refusal.message), status_code=refusal.status, headers=headers))
+    except RuntimeError:  # a server without the ASGI denial extension: refuse after the upgrade instead
+        await ws.accept()
+        await _fail(ws, ws_error(refusal))
 
 
 async def _fail(ws: WebSocket, body: dict) -> None:
