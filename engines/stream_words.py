@@ -68,3 +68,15 @@ def clip_prompt(text: str) -> str:
     text = text[-PROMPT_CHARS:]
     space = text.find(" ")
     return text[space:] if space >= 0 else text
+
+
+def clamp_words(words: list[TimedWord], floor: int, end: int) -> list[TimedWord]:
+    """Word times (samples) made monotonic and kept between `floor` (the committed end) and `end` (the audio
+    heard): a decoder's timestamps may overlap committed words or run past the audio."""
+    out: list[TimedWord] = []
+    for w in words:
+        start = min(max(w.start, floor), end)
+        stop = min(max(w.end, start), end)
+        out.append(TimedWord(w.text, start, stop, w.probability))
+        floor = stop
+    return out

@@ -18,12 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from engines.batching import PRIORITY_REALTIME
 from engines.local_agreement import (
     Action,
     CommitRule,
@@ -40,7 +38,7 @@ from engines.local_agreement import (
 from engines.stream_audio import AudioBuffer, LogMel, SpeechTracker
 from engines.stream_driver import StreamDriver, default_driver
 from engines.stream_language import UtteranceLanguage
-from engines.stream_words import TimedWord, clip_prompt, keep_pending_words, ms, to_token
+from engines.stream_words import TimedWord, clamp_words, clip_prompt, keep_pending_words, ms, to_token
 from engines.types import (
     MAX_ENDPOINT_DELAY_MS,
     SAMPLE_RATE,
@@ -49,7 +47,9 @@ from engines.types import (
     StreamToken,
     StreamUpdate,
     SttResult,
+    SttStream,
 )
+from engines.whisper_window import WindowRequest
 
 MAX_WINDOW_S = 28.0  # Whisper hears at most 30 s
 CONTEXT_S = 2.0  # committed audio re-heard at the window start before it restarts at a sentence
@@ -66,24 +66,7 @@ HOP = LogMel.HOP
 Steps = Generator["WindowRequest", SttResult, Any]
 
 
-@dataclass(frozen=True, eq=False)
-class WindowRequest:
-    """One decode a stream needs: the live window's features, its language (None: detect among hints)."""
-
-    features: np.ndarray
-    language: str | None
-    hints: tuple[str, ...]
-    prompt: str | None
-    options: StreamOptions
-
-    def submit(self, engine: Any) -> Future[SttResult]:
-        return engine.submit_window(  # type: ignore[no-any-return]
-            features=self.features, language=self.language, language_hints=self.hints,
-            task=self.options.task, prompt=self.prompt, terms=self.options.terms, priority=PRIORITY_REALTIME,
-        )
-
-
-class WhisperStream:
+class WhisperStream(SttStream):
     """One realtime connection over a shared Whisper engine (see the module docstring).
 
     `engine` needs `submit_window`, `fixed_language`, `mel_filters` (engines.whisper). `clock` (default
@@ -137,46 +120,18 @@ class WhisperStream:
 
     # ------------------------------------------------------------ public API
 
-    def accept(self, pcm: np.ndarray) -> StreamUpdate:
-        """Adds audio; returns the new final words (each once) and the current non-final ones.
-
-        A chunk longer than `STEP_S` that spans a pause yields several updates (see `accept_all`);
-        they are merged here, so an endpoint inside it is reported at the end of the update.
-        """
-        updates = self.accept_all(pcm)
-        if len(updates) == 1:
-            return updates[0]
-        return StreamUpdate(
-            tokens=tuple(t for u in updates[:-1] for t in u.tokens) + updates[-1].tokens,
-            final_audio_proc_ms=updates[-1].final_audio_proc_ms,
-            total_audio_proc_ms=updates[-1].total_audio_proc_ms,
-            endpoint=any(u.endpoint for u in updates),
-            finalized=updates[-1].finalized,
-        )
-
-    def accept_all(self, pcm: np.ndarray, *, finalize: bool = False) -> list[StreamUpdate]:
-        """Adds audio of any length; one update per endpoint in it, in order, then one for the rest.
-
-        The audio is walked in `STEP_S` steps so that pauses end utterances where they are, whether the
-        client sent 20 ms frames or a backlog of seconds (a slow network, or a busy server that hands a
-        session everything that piled up at once). Tail re-decodes are left to the last step: decoding
-        every second of a backlog would only put the stream further behind. With `finalize`, every pending
-        word is then made final (the last update is flagged `finalized`).
-        """
-        return self.submit(pcm, finalize=finalize).result()
-
-    def finalize(self) -> StreamUpdate:
-        """Every pending word final now, after one last decode; the stream goes on accepting audio."""
-        return self.accept_all(np.zeros(0, dtype=np.float32), finalize=True)[-1]
-
-    def finish(self) -> StreamUpdate:
-        """Finalize every pending word; the stream accepts no more audio."""
-        return self.submit(finish=True).result()[-1]
-
     def submit(
         self, pcm: np.ndarray | None = None, *, finalize: bool = False, finish: bool = False
     ) -> Future[list[StreamUpdate]]:
-        """`accept_all` (or, with `finish`, `finish`) without blocking; calls run in the order made."""
+        """`accept_all` (or, with `finish`, `finish`) without blocking; calls run in the order made.
+
+        The audio is walked in `STEP_S` steps so that pauses end utterances where they are, whether the
+        client sent 20 ms frames or a backlog of seconds (a slow network, or a busy server that hands a
+        session everything that piled up at once): one update per endpoint in it, in order, then one for the
+        rest. Tail re-decodes are left to the last step: decoding every second of a backlog would only put
+        the stream further behind. With `finalize`, every pending word is then made final (the last update is
+        flagged `finalized`).
+        """
         steps = self._finish() if finish else self._accept(
             np.zeros(0, dtype=np.float32) if pcm is None else pcm, finalize)
         out: Future[list[StreamUpdate]] = Future()
@@ -334,7 +289,7 @@ class WhisperStream:
             n = 0
         final += self._commit(merged[:n])
         # A hypothesis that lost words keeps the lost ones pending: a later decode or the pause commits them.
-        self._pending = self._clamped(merged[n:])
+        self._pending = clamp_words(merged[n:], self._committed_end, self._buf.end)
         return final
 
     def _force_commit_if_too_long(self) -> list[StreamToken]:
@@ -383,18 +338,7 @@ class WhisperStream:
             self._committed_end / SAMPLE_RATE,
             [(w.text, w.start / SAMPLE_RATE, w.end / SAMPLE_RATE) for w in words],
         )
-        return self._clamped(words[k:])
-
-    def _clamped(self, words: list[TimedWord]) -> list[TimedWord]:
-        """Word times made monotonic and kept inside the unconfirmed audio."""
-        out: list[TimedWord] = []
-        floor = self._committed_end
-        for w in words:
-            start = min(max(w.start, floor), self._buf.end)
-            end = min(max(w.end, start), self._buf.end)
-            out.append(TimedWord(w.text, start, end, w.probability))
-            floor = end
-        return out
+        return clamp_words(words[k:], self._committed_end, self._buf.end)
 
     # ------------------------------------------------------------ bookkeeping
 

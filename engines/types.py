@@ -160,22 +160,8 @@ class StreamUpdate:
 class SttStream(Protocol):
     """Per-connection state; the engine's weights are shared between streams.
 
-    Calls on one stream run in the order they are made; the blocking ones wait for `submit`'s Future."""
-
-    def accept(self, pcm: np.ndarray) -> StreamUpdate: ...
-
-    def accept_all(self, pcm: np.ndarray, *, finalize: bool = False) -> list[StreamUpdate]:
-        """Like accept, but one update per utterance that ends inside `pcm` (a backlog spanning pauses);
-        with `finalize`, the last update is `finalize()`'s."""
-        ...
-
-    def finalize(self) -> StreamUpdate:
-        """Every pending token final at once (after one last decode), flagged `finalized`; the stream goes on."""
-        ...
-
-    def finish(self) -> StreamUpdate:
-        """Every pending token final; the stream accepts no more audio."""
-        ...
+    Calls on one stream run in the order they are made; the blocking ones wait for `submit`'s Future.
+    An implementation subclasses this and writes `submit`; the blocking calls are built on it here."""
 
     def submit(
         self, pcm: np.ndarray | None = None, *, finalize: bool = False, finish: bool = False
@@ -183,6 +169,34 @@ class SttStream(Protocol):
         """`accept_all` (or `finish`) without blocking: no thread waits while the stream's decodes run, so an
         asyncio caller awaits `asyncio.wrap_future(stream.submit(pcm))`."""
         ...
+
+    def accept(self, pcm: np.ndarray) -> StreamUpdate:
+        """Adds audio; returns the new final words (each once) and the current non-final ones. Audio that
+        spans pauses yields several updates (`accept_all`), merged here: an endpoint inside it is reported
+        at the end of the update."""
+        updates = self.accept_all(pcm)
+        if len(updates) == 1:
+            return updates[0]
+        return StreamUpdate(
+            tokens=tuple(t for u in updates[:-1] for t in u.tokens) + updates[-1].tokens,
+            final_audio_proc_ms=updates[-1].final_audio_proc_ms,
+            total_audio_proc_ms=updates[-1].total_audio_proc_ms,
+            endpoint=any(u.endpoint for u in updates),
+            finalized=updates[-1].finalized,
+        )
+
+    def accept_all(self, pcm: np.ndarray, *, finalize: bool = False) -> list[StreamUpdate]:
+        """Like accept, but one update per utterance that ends inside `pcm` (a backlog spanning pauses);
+        with `finalize`, the last update is `finalize()`'s."""
+        return self.submit(pcm, finalize=finalize).result()
+
+    def finalize(self) -> StreamUpdate:
+        """Every pending token final at once (after one last decode), flagged `finalized`; the stream goes on."""
+        return self.accept_all(np.zeros(0, dtype=np.float32), finalize=True)[-1]
+
+    def finish(self) -> StreamUpdate:
+        """Every pending token final; the stream accepts no more audio."""
+        return self.submit(finish=True).result()[-1]
 
 
 @runtime_checkable

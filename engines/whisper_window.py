@@ -8,6 +8,14 @@ of streams must share the model's batches, so its windows are decoded unlike a f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engines.batching import PRIORITY_REALTIME
+from engines.types import StreamOptions, SttResult
 
 WINDOW_FRAMES = 3000  # 30 s of 10 ms log-Mel frames: the encoder's full input
 MAX_LENGTH = 448  # Whisper's decoder positions
@@ -71,3 +79,20 @@ def batch_limit(frames: int, full: int) -> int:
     if frames >= WINDOW_FRAMES:
         return full
     return max(full, STREAM_BATCH_FACTOR * full * WINDOW_FRAMES // max(frames, 1))
+
+
+@dataclass(frozen=True, eq=False)
+class WindowRequest:
+    """One decode a stream needs: the live window's features, its language (None: detect among hints)."""
+
+    features: np.ndarray
+    language: str | None
+    hints: tuple[str, ...]
+    prompt: str | None
+    options: StreamOptions
+
+    def submit(self, engine: Any) -> Future[SttResult]:
+        return engine.submit_window(  # type: ignore[no-any-return]
+            features=self.features, language=self.language, language_hints=self.hints,
+            task=self.options.task, prompt=self.prompt, terms=self.options.terms, priority=PRIORITY_REALTIME,
+        )

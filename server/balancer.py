@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.launcher import STOP_TIMEOUT_S, free_port
+from server.launcher import free_port, stop_process
 
 PIN_HEADER = "x-s7-node"  # tests only: a request carrying it goes to the named node (see `pin_header`)
 
@@ -139,13 +139,7 @@ class Balancer:
         return self._log.read_text(errors="replace")[-chars:] if self._log.is_file() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @contextlib.contextmanager

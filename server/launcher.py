@@ -81,15 +81,19 @@ class ServerProcess:
         self.proc.wait(timeout=STOP_TIMEOUT_S)
 
     def stop(self) -> None:
-        """SIGTERM (a graceful shutdown), SIGKILL if it has not ended after STOP_TIMEOUT_S."""
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (a graceful shutdown), SIGKILL if it has not ended after STOP_TIMEOUT_S."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def start_process(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,27 @@ def whisper_base_dir(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def whisper_tiny_dir(models_root: Path) -> Path:
     return models_root / "whisper" / "tiny.en"
+
+
+# One engine per test module (module scope): tests of a module may tune its workers, the next module starts clean.
+@pytest.fixture(scope="module")
+def tiny(whisper_tiny_dir: Path) -> Iterator[Any]:
+    """tiny.en as the server loads it on CPU."""
+    from engines.whisper import WhisperEngine
+
+    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def base(whisper_base_dir: Path) -> Iterator[Any]:
+    """Multilingual base, as the server loads it on CPU."""
+    from engines.whisper import WhisperEngine
+
+    engine = WhisperEngine(whisper_base_dir, model_name="base")
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")
@@ -169,3 +192,18 @@ def live_server(tmp_path_factory, models_root):  # type: ignore[no-untyped-def]
     app = create_app(settings)
     with serve_in_thread(app) as server:
         yield LiveServer(app, server.url, settings)
+
+
+@pytest.fixture(scope="session")
+def long_clip(tmp_path_factory: pytest.TempPathFactory, testdata: Path) -> Path:
+    """~50 s of real speech (three recordings back to back): long enough to stop a worker or a node mid-job."""
+    import numpy as np
+    import soundfile as sf
+
+    from engines.audio import decode_file
+
+    parts = [decode_file(testdata / "diarization" / "sample.wav")]
+    parts += [decode_file(testdata / "en" / f"LJ001-000{i}.wav") for i in (1, 3)]
+    path = tmp_path_factory.mktemp("clips") / "long_speech.wav"
+    sf.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
+    return path

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engines.types import SAMPLE_RATE, EngineError, SpeakerFn, StreamOptions, StreamToken, StreamUpdate
+from engines.types import (
+    SAMPLE_RATE,
+    EngineError,
+    SpeakerFn,
+    StreamOptions,
+    StreamToken,
+    StreamUpdate,
+    SttStream,
+)
 from tests.fakes import BLOCK, dominant_hz, voiced_blocks
 
 if TYPE_CHECKING:
@@ -36,7 +44,7 @@ class StreamLoad:
         self.gate.set()
 
 
-class FakeStream:
+class FakeStream(SttStream):
     """`SttStream`: each voiced second becomes a token once it is complete. The newest one stays non-final (as
     a real engine's last words) until another second is complete, a finalize, or the end of the stream."""
 
@@ -48,18 +56,6 @@ class FakeStream:
         self._done = 0  # samples turned into tokens (or skipped as silence)
         self._pending: list[tuple[int, np.ndarray]] = []  # (start, block) of the newest, non-final word
         self._finished = False
-
-    def accept(self, pcm: np.ndarray) -> StreamUpdate:
-        return self.accept_all(pcm)[-1]
-
-    def accept_all(self, pcm: np.ndarray, *, finalize: bool = False) -> list[StreamUpdate]:
-        return self.submit(pcm, finalize=finalize).result()
-
-    def finalize(self) -> StreamUpdate:
-        return self.accept_all(np.zeros(0, dtype=np.float32), finalize=True)[-1]
-
-    def finish(self) -> StreamUpdate:
-        return self.submit(finish=True).result()[-1]
 
     def submit(
         self, pcm: np.ndarray | None = None, *, finalize: bool = False, finish: bool = False

@@ -8,22 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import ADMIN_KEY
+from tests.test_conformance import REFERENCE_ACCOUNT
 
+# The reference's POST /accounts body, with local engines as its provider keys.
 SPEC_EXAMPLE = {
-    "startingMinutes": 60,
-    "minutes": 60,
-    "isAdmin": True,
+    **{k: v for k, v in REFERENCE_ACCOUNT.items() if k != "apiKey"},
     "ttsApiKey": "piper:en_US-joe-medium",
     "sttApiKey": "whisper:base",
-    "companyId": "cmp_demo_123",
-    "companyName": "Acme",
-    "contactName": "Jane Doe",
-    "contactPhone": "+1 555 555 5555",
-    "companyAddress": "123 Example St",
-    "companyVATId": "EU123456789",
-    "companyRegistrationNumber": "HRB 98765",
-    "dateAddedCompany": "2025-11-21",
-    "timeAddedCompany": "09:00:00",
 }
 
 

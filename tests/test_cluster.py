@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
 from sqlalchemy import func, select
 
 from engines.wer import wer
@@ -221,18 +219,6 @@ def test_realtime_session_through_the_balancer(cluster: Cluster, testdata: Path)
     assert_finished(session)  # every message of the session came back over the one balanced connection
     assert wer(clip.with_suffix(".txt").read_text(), session.text()) < 0.25, session.text()
     assert_books_balance(cluster, acc["id"], 0.5)
-
-
-@pytest.fixture(scope="module")
-def long_clip(tmp_path_factory: pytest.TempPathFactory, testdata: Path) -> Path:
-    """~50 s of speech: long enough that the node running it can be killed in the middle."""
-    from engines.audio import decode_file
-
-    parts = [decode_file(testdata / "diarization" / "sample.wav")]
-    parts += [decode_file(testdata / "en" / f"LJ001-000{i}.wav") for i in (1, 3)]
-    path = tmp_path_factory.mktemp("clips") / "long_speech.wav"
-    sf.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
-    return path
 
 
 def test_node_killed_mid_job_is_taken_over_by_another(cluster: Cluster, long_clip: Path) -> None:

@@ -16,24 +16,6 @@ from tests.test_streaming import FRAME, finals, load, open_stream
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny(whisper_tiny_dir: Path):
-    from engines.whisper import WhisperEngine
-
-    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def base(whisper_base_dir: Path):
-    from engines.whisper import WhisperEngine
-
-    engine = WhisperEngine(whisper_base_dir, model_name="base")
-    yield engine
-    engine.close()
-
-
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
 

@@ -244,24 +244,6 @@ def test_a_decode_that_only_lost_words_keeps_them_pending():
 # ---------------------------------------------------------------- real models
 
 
-@pytest.fixture(scope="module")
-def tiny(whisper_tiny_dir: Path):
-    from engines.whisper import WhisperEngine
-
-    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def base(whisper_base_dir: Path):
-    from engines.whisper import WhisperEngine
-
-    engine = WhisperEngine(whisper_base_dir, model_name="base")
-    yield engine
-    engine.close()
-
-
 def open_stream(engine, speaker_fn: Callable[[np.ndarray], int] | None = None, **options):
     from engines.streaming import WhisperStream
 

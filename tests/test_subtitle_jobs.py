@@ -15,9 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
 from sqlalchemy import select
 
 from server.db import subtitle_jobs as jobs_t
@@ -83,18 +81,6 @@ async def ledger(api: Api, reference: str) -> list[tuple[str, float]]:
             await conn.execute(select(usage_t.c.status, usage_t.c.minutes).where(usage_t.c.reference == reference).order_by(usage_t.c.id))
         ).all()
     return [(r[0], float(r[1])) for r in rows]
-
-
-@pytest.fixture(scope="module")
-def long_clip(tmp_path_factory: pytest.TempPathFactory, testdata: Path) -> Path:
-    """~50 s of real speech (three recordings back to back): long enough to stop a worker in the middle."""
-    from engines.audio import decode_file
-
-    parts = [decode_file(testdata / "diarization" / "sample.wav")]
-    parts += [decode_file(testdata / "en" / f"LJ001-000{i}.wav") for i in (1, 3)]
-    path = tmp_path_factory.mktemp("clips") / "long_speech.wav"
-    sf.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
-    return path
 
 
 # ---------------------------------------------------------------------- lifecycle

@@ -78,13 +78,6 @@ def test_group_words_splits_at_sentence_ends_and_pauses_but_not_after_abbreviati
 
 
 @pytest.fixture(scope="module")
-def tiny(whisper_tiny_dir: Path) -> Iterator[WhisperEngine]:
-    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
 def base(whisper_base_dir: Path) -> Iterator[WhisperEngine]:
     # A wide batching window so the concurrent test's requests reliably meet in the queue.
     engine = WhisperEngine(whisper_base_dir, model_name="base", batch_window_ms=300)
