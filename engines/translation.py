@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.terms import enforce_translation_terms
+from engines.translation_terms import enforce_translation_terms
 from engines.types import EngineError, ModelMissingError, TranslationRequest, TranslationResult
 
 META_FILE = "s7-translation.json"

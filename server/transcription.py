@@ -168,7 +168,8 @@ class SttPipeline:
         self, model: str, audio: PreparedAudio | np.ndarray, options: SttOptions, progress: Progress | None,
         on_segments: SegmentsFn | None = None,
     ) -> Transcript:
-        from engines.terms import correct_terms, correct_timed_words, translated_timed_words
+        from engines.term_matching import correct_terms, correct_timed_words
+        from engines.translation_terms import translated_timed_words
 
         # The front end's decoded upload (read chunk by chunk, speech already found) or an array in memory.
         prepared = audio if isinstance(audio, PreparedAudio) else None

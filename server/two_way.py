@@ -152,7 +152,7 @@ class TwoWay:
             )
             text = result.text
             if self.terms:
-                from engines.terms import enforce_translation_terms
+                from engines.translation_terms import enforce_translation_terms
 
                 text = enforce_translation_terms(p.text, text, self.terms)
             return text

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.terms import (
-    TermsError,
-    build_context,
-    correct_terms,
-    correct_timed_words,
-    correct_words,
-    enforce_translation_terms,
-    hotwords_prompt,
-    parse_terms,
-    parse_translation_terms,
-)
+from engines.term_matching import correct_terms, correct_timed_words, correct_words
+from engines.terms import TermsError, build_context, parse_terms, parse_translation_terms
+from engines.translation_terms import enforce_translation_terms
 from engines.types import Word
 
 TERMS = ["Speech7", "Soniox", "Piper", "Whisper", "CTranslate2", "Kubernetes", "PostgreSQL", "Tiedemann"]
@@ -237,16 +229,6 @@ def test_correct_timed_words_merges_spans() -> None:
 def test_short_terms_are_not_fuzzed() -> None:
     # "AI" is too short to tell from ordinary words: nothing is rewritten.
     assert correct_terms("I will say hi to the team.", ["AI"]) == "I will say hi to the team."
-
-
-def test_hotwords_prompt() -> None:
-    assert hotwords_prompt([]) is None
-    assert hotwords_prompt(["Speech7", " Soniox ", "speech7", ""]) == "Speech7, Soniox"
-    long = hotwords_prompt([f"Term{i:04d}" for i in range(500)])
-    assert long is not None and len(long) <= 400 and long.startswith("Term0000, Term0001")
-
-
-# ---------------------------------------------------------------------- translation terms
 
 
 def test_enforce_replaces_copied_source_term() -> None:
