@@ -184,25 +184,6 @@ class WhisperEngine:
         ]
         return SttResult(tuple(segments), language, prob, duration)
 
-    def transcribe_window(
-        self,
-        audio: np.ndarray,
-        *,
-        language: str | None = None,
-        task: Task = "transcribe",
-        prompt: str | None = None,
-        terms: Sequence[str] = (),
-        priority: int = PRIORITY_REALTIME,
-        word_timestamps: bool = True,
-        group: object = None,
-        hints: Sequence[str] = (),
-    ) -> SttResult:
-        """One window of at most 30 s, no VAD, times relative to its start; for realtime streaming."""
-        return self.submit_window(
-            audio, language=language, language_hints=hints, task=task, prompt=prompt, terms=terms,
-            priority=priority, word_timestamps=word_timestamps, group=group,
-        ).result()
-
     def submit_window(
         self,
         audio: np.ndarray | None = None,
@@ -217,8 +198,9 @@ class WhisperEngine:
         word_timestamps: bool = True,
         group: object = None,
     ) -> Future[SttResult]:
-        """`transcribe_window` without waiting: the window is queued for the next batch and the future settles
-        when it is decoded, so a caller driving many streams holds no thread per decode.
+        """One window of at most 30 s, no VAD, times relative to its start (a realtime stream's decode): the
+        window is queued for the next batch and the future settles when it is decoded, so a caller driving
+        many streams holds no thread per decode.
 
         `features` (normalized log-Mel, (n_mels, frames), as `engines.stream_audio.LogMel.window` gives) replace
         `audio` for streams that compute them incrementally. The encoder hears only the window plus some

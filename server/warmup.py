@@ -35,9 +35,9 @@ def _warm(models: ModelProvider, settings: Settings, readiness: Readiness) -> No
             stt = models.stt(model)
             # Low noise, not silence: the decoder must run (VAD would skip silence), which compiles kernels.
             noise = (np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE) * 1e-3).astype(np.float32)
-            transcribe_window = getattr(stt, "transcribe_window", None)
-            if callable(transcribe_window):
-                transcribe_window(noise)
+            submit_window = getattr(stt, "submit_window", None)  # a realtime window: fills every decode path
+            if callable(submit_window):
+                submit_window(noise).result()
         except Exception as exc:  # a missing default model must not keep the server from serving others
             readiness.errors.append(f"{settings.default_stt}: {exc}")
     engine, voice = parse_spec(settings.default_tts)

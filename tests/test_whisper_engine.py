@@ -194,7 +194,7 @@ def test_language_detection_needs_no_extra_model_call(base: WhisperEngine, testd
     audio, _ = clip(testdata, "de/recorded_sample_01.wav")
     before = base.batch_stats()
     result = base.transcribe(SttRequest(audio))
-    window = base.transcribe_window(audio)
+    window = base.submit_window(audio).result()
     after = base.batch_stats()
     assert result.language == window.language == "de"
     # (The window is encoded at its own length, the file chunk padded to 30 s: close, not equal.)
