@@ -85,6 +85,7 @@ def cluster(backends: int, root: Path, args: argparse.Namespace, db_url: str) ->
                 **ONE_CORE, "S7_DATA_DIR": str(root / f"node{core}"), "S7_DATABASE_URL": db_url,
                 "S7_MODELS_DIR": str(args.models_dir), "S7_ADMIN_KEY": ADMIN_KEY, "S7_DEVICE": "cpu",
                 "S7_DEFAULT_STT": args.model, "S7_JOB_WORKERS": "0", "S7_LOG_LEVEL": "warning",
+                "S7_MAX_UPLOADS_PER_ACCOUNT": "0",
             }
             node = start_process(env, command=("taskset", "-c", str(core), *SERVE), log=root / f"node{core}.log",
                                  timeout_s=300)

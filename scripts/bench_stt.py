@@ -185,7 +185,9 @@ class Server:
         env = {
             "S7_DATA_DIR": self._tmp.name, "S7_MODELS_DIR": str(models_dir), "S7_ADMIN_KEY": ADMIN_KEY,
             "S7_DEVICE": device, "S7_DEFAULT_STT": model, "S7_LOG_LEVEL": "warning", "S7_CPU_THREADS": str(cpu_threads),
-            "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000", **(extra_env or {}),
+            "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000",
+            "S7_MAX_UPLOADS_PER_ACCOUNT": "0",  # every request is the bench account's
+            **(extra_env or {}),
         }
         try:
             self._server = start_process(env, command=(sys.executable, *argv), timeout_s=180)
