@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.log_mel import HOP, N_FFT, log10_mel_power, mel_bank
 from engines.types import SAMPLE_RATE
 
 
@@ -127,12 +128,11 @@ class LogMel:
     `FeatureExtractor` (audio before the stream start counts as silence instead of a reflection).
     """
 
-    HOP = 160
-    N_FFT = 400
+    HOP = HOP
+    N_FFT = N_FFT
 
     def __init__(self, filters: np.ndarray) -> None:
-        self._filters_t = np.ascontiguousarray(np.asarray(filters, dtype=np.float32).T)  # (N_FFT // 2 + 1, n_mels)
-        self._hann = np.hanning(self.N_FFT + 1)[:-1].astype(np.float32)
+        self._filters_t = mel_bank(filters)  # (N_FFT // 2 + 1, n_mels)
         self._data = np.zeros((8 * SAMPLE_RATE // self.HOP, self.n_mels), dtype=np.float32)  # (frames, mels)
         self.start = 0  # absolute index of _data[0]
         self.done = 0  # frames computed: all k < done
@@ -183,6 +183,4 @@ class LogMel:
         if b > a:
             audio[a - lo : b - lo] = buffer.view(a, b)
         windows = np.lib.stride_tricks.sliding_window_view(audio, self.N_FFT)[:: self.HOP]
-        spectrum = np.fft.rfft(windows * self._hann, axis=-1)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
-        return np.log10(np.maximum(power @ self._filters_t, 1e-10))
+        return log10_mel_power(windows, self._filters_t)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from engines.batching import PRIORITY_FILE, PRIORITY_REALTIME, BatchStats, BatchWorker
+from engines.log_mel import log_mel, mel_bank
 from engines.types import (
     SAMPLE_RATE,
     EngineError,
@@ -108,6 +109,7 @@ class WhisperEngine:
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise EngineError(f"could not load Whisper model {model_name!r} from {model_dir}: {exc}") from exc
+        self._mel_bank = mel_bank(self._wm.feature_extractor.mel_filters)
         self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         self._tok_lock = threading.Lock()
         batch = max_batch_size or (16 if device == "cuda" else 8)
@@ -210,7 +212,7 @@ class WhisperEngine:
         hop = SAMPLE_RATE // self._wm.frames_per_second  # samples per feature frame
         if features is None:
             pcm = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)[: 30 * SAMPLE_RATE]
-            feats = self._wm.feature_extractor(pcm)[..., :-1] if pcm.size else np.zeros((self.n_mels, 0), np.float32)
+            feats = log_mel(pcm, self._mel_bank)[..., :-1] if pcm.size else np.zeros((self.n_mels, 0), np.float32)
             frames = pcm.size // hop
         else:
             feats = features[:, :WINDOW_FRAMES]
@@ -305,7 +307,7 @@ class WhisperEngine:
     def _features(self, pcm: np.ndarray) -> tuple[np.ndarray, int]:
         from faster_whisper.audio import pad_or_trim
 
-        feats = self._wm.feature_extractor(pcm)[..., :-1]
+        feats = log_mel(pcm, self._mel_bank)[..., :-1]
         frames = min(int(math.ceil(pcm.size / SAMPLE_RATE)) * self._wm.frames_per_second, WINDOW_FRAMES)
         return np.ascontiguousarray(pad_or_trim(feats, WINDOW_FRAMES), dtype=np.float32), frames
 

@@ -19,9 +19,10 @@ OMP/BLAS/CTranslate2 threads = 1). Its last line is
 with N = the single request's audio-s per wall-s and S = the C = 8 aggregate over N (the targets on a 2-core
 machine: S >= 1.7, N no lower than before the front end moved to worker processes).
 
-Reference (the front end before this script's commit, in server threads; commit 6b2e9e3, measured on the
-2-core development machine with this script, 120 s WAV, --repeat 3):
-    single=45.2 audio-s/s (one thread), aggregate at C=8 = 43.9 audio-s/s, scaling=0.97
+Reference, both measured back to back on the 2-core development machine with this script (120 s WAV,
+--repeat 3, the defaults), 2026-11-27:
+    commit 6b2e9e3 (the front end in server threads):  single=320.9 audio-s/s, C=8 401.6, scaling=1.25
+    this front end (worker processes, block log-Mel):   single=397.8 audio-s/s, C=8 734.4, scaling=1.85
 """
 
 from __future__ import annotations

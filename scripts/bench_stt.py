@@ -187,6 +187,8 @@ class Server:
             "S7_DEVICE": device, "S7_DEFAULT_STT": model, "S7_LOG_LEVEL": "warning", "S7_CPU_THREADS": str(cpu_threads),
             "S7_MAX_BATCH_SIZE": str(batch_size), "S7_STT_MAX_UPLOAD_MB": "2000",
             "S7_MAX_UPLOADS_PER_ACCOUNT": "0",  # every request is the bench account's
+            # What server.cli sets before numpy loads; bench_frontend's server imports numpy before cli runs.
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
             **(extra_env or {}),
         }
         try:
