@@ -76,8 +76,9 @@ class PreparedAudio:
         self.pcm_path.unlink(missing_ok=True)
 
 
-def default_workers() -> int:
-    """Every core this process may run on: decode and VAD are the work that must not serialise."""
+def usable_cores() -> int:
+    """The cores this process may run on (the front end's default worker count: decode and VAD are the
+    work that must not serialise; CTranslate2's CPU threads, engines.manager)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -89,7 +90,7 @@ class MediaFrontend:
 
     def __init__(self, tmp_dir: Path, workers: int | None = None, on_stage: StageFn | None = None) -> None:
         self.tmp_dir = Path(tmp_dir)
-        self.workers = default_workers() if workers is None or workers < 0 else workers
+        self.workers = usable_cores() if workers is None or workers < 0 else workers
         self._on_stage = on_stage
         self._executor: Executor | None = None
         self._lock = threading.Lock()
@@ -99,12 +100,12 @@ class MediaFrontend:
         with self._lock:
             if self._executor is None:
                 if self.workers == 0:
-                    self._executor = ThreadPoolExecutor(default_workers(), thread_name_prefix="s7-frontend")
+                    self._executor = ThreadPoolExecutor(usable_cores(), thread_name_prefix="s7-frontend")
                 else:
                     ctx = multiprocessing.get_context("forkserver")
                     ctx.set_forkserver_preload(["engines.frontend_worker", "engines.decode_blocks", "engines.vad"])
                     self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=warm)
-                log.info("media front end: %d %s", self.workers or default_workers(),
+                log.info("media front end: %d %s", self.workers or usable_cores(),
                          "worker processes" if self.workers else "threads")
             return self._executor
 

@@ -66,3 +66,12 @@ def test_resolution_of_what_is_stored() -> None:
     # A stored model that has since been removed is an error the request reports (503), not a fallback.
     with pytest.raises(SpecError, match="not installed"):
         resolve("whisper:small", default, "stt", WHISPER)
+
+
+def test_ctranslate2_cpu_threads_follow_the_cores_this_process_may_use() -> None:
+    from engines.manager import ct2_threads
+
+    assert ct2_threads(0, 2) == 2  # not CTranslate2's fixed 4 on a 2-core machine
+    assert ct2_threads(0, 16) == 4  # more threads per call only add synchronisation; requests run in parallel
+    assert ct2_threads(0, 1) == 1
+    assert ct2_threads(3, 2) == 3  # S7_CPU_THREADS wins
