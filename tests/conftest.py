@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,40 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory, testdata: Path) -> Path:
     path = tmp_path_factory.mktemp("clips") / "long_speech.wav"
     sf.write(path, np.concatenate(parts), 16000, subtype="PCM_16")
     return path
+
+
+# ---------------------------------------------------------------- a live server's voice, held mid-stream
+
+VOICE_GATE_TIMEOUT_S = 120.0  # only reached when the server fails to stream; a passing run never waits on it
+
+
+class GatedVoice:
+    """The live server's real voice, observed: records each sentence as it is synthesized and holds back the
+    second one until `gate` is set (or VOICE_GATE_TIMEOUT_S passes, which a streaming server never needs)."""
+
+    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+        self._synthesize = engine.synthesize
+        self.gate = threading.Event()
+        self.synthesized: list[str] = []
+        self.gate_timed_out = False
+
+    def synthesize(self, request):  # type: ignore[no-untyped-def]
+        chunks = self._synthesize(request)  # validates now, exactly like the engine
+
+        def gated():  # type: ignore[no-untyped-def]
+            for i, chunk in enumerate(chunks):
+                self.synthesized.append(chunk.text)
+                yield chunk
+                if i == 0 and not self.gate.wait(VOICE_GATE_TIMEOUT_S):
+                    self.gate_timed_out = True
+
+        return gated()
+
+
+@pytest.fixture
+def gated_voice(live_server, monkeypatch):  # type: ignore[no-untyped-def]
+    engine = live_server.services.models.tts("en_US-joe-medium")
+    voice = GatedVoice(engine)
+    monkeypatch.setattr(engine, "synthesize", voice.synthesize)
+    yield voice
+    voice.gate.set()  # never leave a server thread waiting

@@ -29,7 +29,6 @@ from engines.types import SAMPLE_RATE, SttRequest
 from engines.wer import wer
 from tests.conftest import ADMIN_KEY
 from tests.stt_helpers import encode
-from tests.test_tts_api import GatedVoice
 
 pytestmark = pytest.mark.slow
 
@@ -237,15 +236,6 @@ def test_speech_in_every_format_decodes_to_its_words(live_server):
     speeches = httpx.get(f"{live_server.url}/speeches", headers={"x-api-key": acc["apiKey"]}).json()["speeches"]
     assert {s["text"] for s in speeches} == {text for text, _ in SENTENCES.values()}
     assert usage(live_server, acc["id"]) == [("tts", "settled", 0.5)] * 6
-
-
-@pytest.fixture
-def gated_voice(live_server, monkeypatch):  # type: ignore[no-untyped-def]
-    engine = live_server.services.models.tts("en_US-joe-medium")
-    voice = GatedVoice(engine)
-    monkeypatch.setattr(engine, "synthesize", voice.synthesize)
-    yield voice
-    voice.gate.set()
 
 
 def test_speech_streams_while_later_sentences_are_not_synthesized(live_server, gated_voice):

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from engines.mp3 import decode_mp3
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, VOICE_GATE_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 
 SLOW_VOICE = "en_US-joe-slowtest"  # the bundled voice with its config set to speak at half speed
 HELLO = "Hello world from the API."  # the spec's quick test
 THREE_SENTENCES = "The weather is sunny today. We will walk to the park after lunch. Please bring some water."
-GATE_TIMEOUT_S = 120.0  # only reached when the server fails to stream; a passing run never waits on it
+
 
 
 @pytest.fixture(scope="module")
@@ -399,38 +399,6 @@ async def test_stored_file_name_variants_of_a_real_id_are_404(api):
 # ---------------------------------------------------------------- streaming over a real socket
 
 
-class GatedVoice:
-    """The live server's real voice, observed: records each sentence as it is synthesized and holds back the
-    second one until `gate` is set (or GATE_TIMEOUT_S passes, which a streaming server never needs)."""
-
-    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
-        self._synthesize = engine.synthesize
-        self.gate = threading.Event()
-        self.synthesized: list[str] = []
-        self.gate_timed_out = False
-
-    def synthesize(self, request):  # type: ignore[no-untyped-def]
-        chunks = self._synthesize(request)  # validates now, exactly like the engine
-
-        def gated():  # type: ignore[no-untyped-def]
-            for i, chunk in enumerate(chunks):
-                self.synthesized.append(chunk.text)
-                yield chunk
-                if i == 0 and not self.gate.wait(GATE_TIMEOUT_S):
-                    self.gate_timed_out = True
-
-        return gated()
-
-
-@pytest.fixture
-def gated_voice(live_server, monkeypatch):  # type: ignore[no-untyped-def]
-    engine = live_server.services.models.tts("en_US-joe-medium")
-    voice = GatedVoice(engine)
-    monkeypatch.setattr(engine, "synthesize", voice.synthesize)
-    yield voice
-    voice.gate.set()  # never leave a server thread waiting
-
-
 def live_ledger(live_server, account_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
     r = httpx.get(f"{live_server.url}/accounts/{account_id}/usage", headers={"x-api-key": ADMIN_KEY}, timeout=30)
     return [u for u in r.json()["usage"] if u["kind"] == "tts"]
@@ -451,7 +419,7 @@ def test_first_bytes_arrive_while_later_sentences_are_not_synthesized(live_serve
     key = acc["apiKey"]
     body = {"apiKey": key, "text": THREE_SENTENCES}
     received = bytearray()
-    with httpx.Client(timeout=GATE_TIMEOUT_S + 60) as client:
+    with httpx.Client(timeout=VOICE_GATE_TIMEOUT_S + 60) as client:
         with client.stream("POST", f"{live_server.url}/tts", json=body) as r:
             assert r.status_code == 200
             assert r.headers["content-type"] == "audio/mpeg"
@@ -483,7 +451,7 @@ def test_client_disconnect_mid_stream_stores_and_charges_nothing(live_server, ga
     acc = live_server.account()
     key = acc["apiKey"]
     tts_service = live_server.services.tts
-    with httpx.Client(timeout=GATE_TIMEOUT_S + 60) as client:
+    with httpx.Client(timeout=VOICE_GATE_TIMEOUT_S + 60) as client:
         with client.stream("POST", f"{live_server.url}/tts", json={"apiKey": key, "text": THREE_SENTENCES}) as r:
             assert r.status_code == 200
             speech_id = r.headers["x-speech-id"]
