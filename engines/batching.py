@@ -175,6 +175,11 @@ class BatchWorker(Generic[T, R]):
                               self._busy, min(1.0, busy / BUSY_WINDOW_S))
 
     @property
+    def queue_depth(self) -> int:
+        """Items waiting (cheap: read on every submission to pick the least busy replica)."""
+        return len(self._queue)
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -302,7 +302,7 @@ class WhisperEngine:
 
     def _pick_worker(self) -> BatchWorker:
         # A request keeps all its items on one worker so they can share batches.
-        return min(self.workers, key=lambda w: w.stats().queue_depth)
+        return min(self.workers, key=lambda w: w.queue_depth)
 
     def _features(self, pcm: np.ndarray) -> tuple[np.ndarray, int]:
         from faster_whisper.audio import pad_or_trim
