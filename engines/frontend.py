@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.audio import EmptyMediaError, UndecodableMediaError
-from engines.frontend_worker import PrepareJob, PrepareResult, prepare, warm
+from engines.frontend_worker import PrepareJob, PrepareResult, prepare, start_worker, warm
 from engines.types import SAMPLE_RATE, EngineError, StageFn
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ class MediaFrontend:
                 else:
                     ctx = multiprocessing.get_context("forkserver")
                     ctx.set_forkserver_preload(["engines.frontend_worker", "engines.decode_blocks", "engines.vad"])
-                    self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=warm)
+                    self._executor = ProcessPoolExecutor(
+                        self.workers, mp_context=ctx, initializer=start_worker, initargs=(os.getpid(),))
                 log.info("media front end: %d %s", self.workers or usable_cores(),
                          "worker processes" if self.workers else "threads")
             return self._executor

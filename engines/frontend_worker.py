@@ -5,6 +5,8 @@ VAD, so neither the recording nor its padded copies are ever held (memory stays 
 Everything here is picklable plain data in and out; errors come back as values (`PrepareResult.error`)
 because exception classes with their own constructors do not survive pickling intact.
 
+Lifetime: workers exit when the server process does, however it ended (`start_worker`).
+
 Cancellation: the caller creates `cancel_flag` (a file) when its client has gone; the worker checks for
 it between blocks and stops within one block.
 """
@@ -12,6 +14,8 @@ it between blocks and stops within one block.
 from __future__ import annotations
 
 import os
+import select
+import threading
 import time
 from dataclasses import dataclass
 
@@ -76,6 +80,34 @@ def prepare(job: PrepareJob) -> PrepareResult:
         return PrepareResult(0, False, None, 0.0, 0.0, ("undecodable", str(exc)))
     decode_s = time.perf_counter() - began - vad_s
     return PrepareResult(decoder.samples, decoder.truncated, speech, decode_s, vad_s)
+
+
+def start_worker(server_pid: int) -> None:
+    """The pool's initializer: leave with the server, then warm up.
+
+    A ProcessPoolExecutor worker waits for work on a pipe whose write end it holds itself, so it never sees
+    the server die: after kill -9 or the OOM killer, each worker (FFmpeg and Silero loaded, ~110 MB) and the
+    forkserver it keeps alive would stay forever, and every crash would leak more memory."""
+    threading.Thread(target=_exit_with, args=(server_pid,), name="s7-exit-with-server", daemon=True).start()
+    warm()
+
+
+def _exit_with(pid: int) -> None:
+    try:
+        handle = os.pidfd_open(pid)  # readable once the process has exited (Linux >= 5.3)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # no pidfd here: look every second instead
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    select.select([handle], [], [])
+    os._exit(0)  # no cleanup to do: the next server sweeps our temporary files (server.leases)
 
 
 def warm() -> int:

@@ -3,8 +3,9 @@ that sends its request headers slowly.
 
 * Logs: uvicorn's access log prints every request line with its query string, and its error log the path of
   each WebSocket it accepts, so a key sent as `?apiKey=` (the Speech7 API allows it) would be written to the
-  log. `RedactSecrets` rewrites `apiKey=...` (and `api_key`, `key`, `token`, `access_token`) to `apiKey=***`
-  in every record uvicorn's handlers write.
+  log. `RedactSecrets` rewrites `apiKey=...` (and `api_key`, `key`, `token`, `access_token`, their names
+  matched percent-decoded and in any case, as Starlette reads them) to `apiKey=***`, and any other value
+  shaped like a key to `s7_***`, in every record uvicorn's handlers write.
 * Slow headers: uvicorn bounds the size of a request's headers (h11's 16 KB incomplete-event limit) and
   closes an idle keep-alive connection after `timeout_keep_alive`, but a client that sends one header byte
   every few seconds holds a connection forever. The protocol classes below close a connection whose request
@@ -19,17 +20,28 @@ import copy
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 from server.settings import Settings
 
 KEEP_ALIVE_S = 5  # uvicorn's default, stated: an idle keep-alive connection is closed after this
 MAX_HEADER_BYTES = 16 * 1024  # h11's default incomplete-event limit, stated: larger headers get a 400
-SECRET_PARAM = re.compile(r"(?i)([?&;](?:api_?key|key|token|access_token)=)[^&;\s\"']*")
+SECRET_NAMES = frozenset({"apikey", "api_key", "key", "token", "access_token"})
+QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"']*)=([^&;\s\"']*)")
+# An API key's shape (`s7_` + 43 base64url characters), also percent-encoded: whatever name it travels under
+# (`?apiKey%3D=s7_...`, a typo, a path segment), the value itself is never written out.
+KEY_SHAPE = re.compile(r"s7(?:_|%5[fF])[A-Za-z0-9_%-]{20,}")
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    # Starlette percent-decodes names, so `?%61piKey=` authenticates like `?apiKey=`: match the decoded name.
+    name = unquote_plus(match.group(2)).strip().lower()
+    return f"{match.group(1)}{match.group(2)}=***" if name in SECRET_NAMES else match.group(0)
 
 
 def redact_secrets(text: str) -> str:
-    """`/stt?apiKey=s7_abc&x=1` -> `/stt?apiKey=***&x=1`."""
-    return SECRET_PARAM.sub(r"\1***", text)
+    """`/stt?apiKey=s7_abc&x=1` -> `/stt?apiKey=***&x=1`; `%61piKey=` too; any `s7_...` key -> `s7_***`."""
+    return KEY_SHAPE.sub("s7_***", QUERY_PARAM.sub(_redact_param, text))
 
 
 class RedactSecrets(logging.Filter):

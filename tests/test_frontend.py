@@ -130,3 +130,42 @@ async def test_cancelling_stops_the_worker_and_removes_its_files(pool, tmp_path:
     ok = await pool.aprepare(_encode(tmp_path / "short.flac", np.zeros(SAMPLE_RATE, dtype=np.float32), "flac"))
     assert ok.samples == SAMPLE_RATE and ok.speech == ()
     ok.discard()
+
+
+def test_worker_processes_exit_when_the_server_is_killed(tmp_path: Path) -> None:
+    # A ProcessPoolExecutor worker waits on a pipe whose write end it holds itself, so kill -9 (or the OOM
+    # killer) on the server left every worker (Silero and FFmpeg loaded, ~110 MB each) and with it the
+    # forkserver running forever; each crash leaked more memory.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    script = (
+        "import os, sys\nfrom pathlib import Path\nfrom engines.frontend import MediaFrontend\n"
+        "fe = MediaFrontend(Path(sys.argv[1]), workers=1)\nfe.start()\n"
+        "print(fe._pool().submit(os.getpid).result(), flush=True)\nsys.stdin.read()\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert server.stdout is not None
+    worker = int(server.stdout.readline())
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:  # a zombie (state Z) has exited
+                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    pause = threading.Event()
+    for _ in range(200):
+        if not alive(worker):
+            break
+        pause.wait(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)  # leave nothing behind either way
+        pytest.fail(f"front-end worker {worker} outlived the killed server")

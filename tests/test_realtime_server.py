@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -360,9 +361,10 @@ def test_audio_received_but_not_processed_is_not_billed(server: Server, models: 
     assert (row["status"], row["minutes"], row["audioSeconds"]) == ("settled", 0.5, 29.5)
 
 
-def test_frames_are_bounded_before_and_while_they_decode(server: Server) -> None:
+def test_frames_are_bounded_before_and_while_they_decode(server: Server, caplog: pytest.LogCaptureFixture) -> None:
     from server.realtime import MAX_FRAME_AUDIO_S, MAX_FRAME_BYTES
 
+    caplog.set_level(logging.INFO, logger="speech7.realtime")
     key = server.account()
     big = run_session(server, key, PCM, [b"\x00" * (MAX_FRAME_BYTES + 2)])
     assert [m["error_code"] for m in big.messages] == [413] and big.close_code == 4413
@@ -375,6 +377,9 @@ def test_frames_are_bounded_before_and_while_they_decode(server: Server) -> None
     assert [m["error_code"] for m in errors] == [413] and bomb.close_code == 4413
     assert f"{MAX_FRAME_AUDIO_S:g} s" in errors[0]["error_message"]
     assert all(r["audioSeconds"] <= MAX_FRAME_AUDIO_S for r in settled(server, key, 2))
+    # The client's mistake is refused, not logged as the server's failure with a traceback.
+    records = [r for r in caplog.records if r.name == "speech7.realtime"]
+    assert records and all(r.levelno < logging.WARNING and r.exc_info is None for r in records), records
 
 
 def test_two_way_serves_the_direction_it_can(server: Server, models: FakeModels) -> None:

@@ -29,6 +29,16 @@ def test_keys_in_query_strings_are_redacted() -> None:
     assert redact_secrets("/speeches/sp_1?download=1") == "/speeches/sp_1?download=1"
 
 
+def test_keys_under_percent_encoded_or_misspelt_names_are_redacted() -> None:
+    # Starlette decodes `%61piKey` to `apiKey` and authenticates with it: the log must not print that key, nor
+    # one the client sent under a name the server does not read (`apiKey%3D=`, a stray query field).
+    key = "s7_z7KtbvYyWbJcZZ0_FOadIqO0mhlFiVY-wf0-TxI39nc"
+    for query in (f"/account?%61piKey={key}", f"/account?apiKey%3D={key}", f"/stt?q=s7%5F{key[3:]}&a=1"):
+        redacted = redact_secrets(query)
+        assert key not in redacted and key[3:] not in redacted, redacted
+    assert redact_secrets(f"/account?%61piKey={key}&x=1") == "/account?%61piKey=***&x=1"
+
+
 def test_uvicorn_s_access_and_websocket_lines_carry_no_key() -> None:
     key = "s7_secretsecretsecret"
     access = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',

@@ -106,9 +106,14 @@ async def _serve(
     except WebSocketDisconnect:
         pass
     except Exception as exc:
-        if not isinstance(exc, ApiError):
+        error = ws_error(exc)
+        if error["error_code"] >= 500:  # our bug: its traceback belongs in the log
             log.exception("realtime session failed")
-        await _fail(ws, ws_error(exc))
+        elif not isinstance(exc, ApiError):
+            # What the client sent was refused (a frame that decodes to minutes, undecodable audio): one line,
+            # no traceback, so a client cannot fill the error log by sending bad frames.
+            log.info("realtime session refused: %s", exc)
+        await _fail(ws, error)
     finally:
         if processor is not None and not processor.done():
             processor.cancel()
