@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 USAGE = "usage: speech7 [serve | wyoming --uri URI | models ...]"
+HELP = USAGE + """
+
+  serve     run the HTTP server (WebSocket realtime included); every setting comes from S7_* environment
+            variables (README.md, "Settings"), e.g. S7_HOST, S7_PORT, S7_DATA_DIR, S7_ADMIN_KEY, S7_DEVICE
+  wyoming   the same server, also speaking the Wyoming protocol on --uri (see `speech7 wyoming --help`)
+  models    install, import and list models (see `speech7 models --help`)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         from models.__main__ import main as models_main
 
         return models_main(args[1:])
+    if args[:1] in (["--help"], ["-h"]) or (args[:1] == ["serve"] and {"-h", "--help"} & set(args[1:])):
+        print(HELP)  # `serve` takes no options: the environment configures it, so nothing else is parsed
+        return 0
     if args and args[0] not in {"serve", "wyoming"}:
         print(USAGE, file=sys.stderr)
         return 2

@@ -35,3 +35,13 @@ def test_scripts_serve_runs_the_api(tmp_path: Path, models_root: Path) -> None:
     log = (tmp_path / "serve.log").read_text(errors="replace")  # complete once the server has stopped
     assert '"GET /account/capabilities?apiKey=*** HTTP/1.1" 200' in log
     assert key not in log and "serve-test-admin-key" not in log
+
+
+def test_serve_help_prints_usage_instead_of_serving() -> None:
+    import subprocess
+    import sys
+
+    for argv in (["serve", "--help"], ["--help"], ["serve", "-h"]):
+        done = subprocess.run([sys.executable, "-m", "server.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)  # a server that started instead would be killed here and fail the test
+        assert done.returncode == 0 and "S7_PORT" in done.stdout, (argv, done.stdout, done.stderr)
