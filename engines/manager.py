@@ -142,7 +142,9 @@ class ModelManager:
             weights = self.config.models_dir / "ge2e" / "pretrained.pt"
             if not weights.is_file():
                 raise ModelMissingError(f"GE2E speaker encoder missing at {weights}: run scripts/models install")
-            return BuiltinDiarizer(weights, device=self.config.device)
+            # segmentation-3.0 (scripts/models install) adds overlapped speech; without it, one speaker at a time.
+            seg = self.config.models_dir / "segmentation" / "pytorch_model.bin"
+            return BuiltinDiarizer(weights, device=self.config.device, segmentation=seg if seg.is_file() else None)
 
         return self._get(f"diarizer:{spec}", load)
 

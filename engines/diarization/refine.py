@@ -52,6 +52,18 @@ def labels_to_turns(
     seconds between turns of one speaker are bridged (annotators do not split a turn at a breath), and turns
     shorter than `min_turn` are dropped.
     """
+    return renumber(labelled_turns(spans, times, labels, step, max_gap, min_turn))
+
+
+def labelled_turns(
+    spans: Sequence[tuple[float, float]],
+    times: np.ndarray,
+    labels: np.ndarray,
+    step: float,
+    max_gap: float = 0.0,
+    min_turn: float = 0.0,
+) -> list[tuple[float, float, int]]:
+    """`labels_to_turns` keeping the labels as given (not renumbered), so more turns can join them."""
     pieces: list[tuple[float, float, int]] = []
     order = np.argsort(times)
     times, labels = times[order], labels[order]
@@ -77,8 +89,38 @@ def labels_to_turns(
             merged[-1][1] = max(merged[-1][1], e)
         else:
             merged.append([s, e, lab])
-    turns = [(s, e, int(lab)) for s, e, lab in merged if e - s >= min_turn]
-    return renumber(turns)
+    return [(s, e, int(lab)) for s, e, lab in merged if e - s >= min_turn]
+
+
+def overlap_turns(
+    times: np.ndarray, scores: np.ndarray, labels: np.ndarray, overlapped: np.ndarray, step: float, min_steps: int
+) -> list[tuple[float, float, int]]:
+    """Second-speaker turns where speech is overlapped: at each step flagged in `overlapped`, the speaker
+    that scores best after the step's own label (`scores`: steps x speakers, as for `viterbi`).
+
+    Runs of fewer than `min_steps` consecutive flagged steps for one speaker are dropped (a detector's
+    blips), and a run ends where the steps are not consecutive in time (a cut between speech spans)."""
+    n, k = scores.shape
+    if n == 0 or k < 2:
+        return []
+    other = scores.astype(np.float64).copy()
+    other[np.arange(n), labels] = -np.inf
+    second = np.argmax(other, axis=1)
+    out: list[tuple[float, float, int]] = []
+    run_start = 0
+    for i in range(1, n + 1):
+        same = (
+            i < n
+            and overlapped[i] == overlapped[i - 1]
+            and second[i] == second[i - 1]
+            and times[i] - times[i - 1] <= 1.5 * step
+        )
+        if same:
+            continue
+        if overlapped[run_start] and i - run_start >= min_steps:
+            out.append((float(times[run_start] - step / 2), float(times[i - 1] + step / 2), int(second[run_start])))
+        run_start = i
+    return out
 
 
 def renumber(turns: Sequence[tuple[float, float, int]]) -> list[SpeakerTurn]:
