@@ -73,7 +73,7 @@ class BuiltinDiarizer:
         report(0.0)
         spans = self._speech(audio)
         report(0.1)
-        speech_s = sum(e - s for s, e in spans)
+        speech_s = sum(e - s for s, e in spans) / SAMPLE_RATE  # (spans are in samples)
         if speech_s < self.min_speech_s:
             report(1.0)
             return DiarizationResult(turns=(), num_speakers=0)
