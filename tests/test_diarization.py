@@ -22,7 +22,7 @@ from engines.diarization.clustering import (
     silhouette,
     spectral_labels,
 )
-from engines.diarization.refine import labels_to_turns, overlap_turns, viterbi
+from engines.diarization.refine import labelled_turns, overlap_turns, renumber, viterbi
 
 MEASURED_DER = {"sample": 0.007, "dev00": 0.068, "dev01": 0.022}
 DER_LIMIT = {"sample": 0.06, "dev00": 0.11, "dev01": 0.11}
@@ -128,12 +128,12 @@ def test_overlap_turns_name_the_runner_up_on_flagged_runs():
     assert overlap_turns(times, scores[:, :1], labels, flagged, step=0.1, min_steps=1) == []
 
 
-def test_labels_to_turns_cuts_bridges_and_renumbers():
+def test_labelled_turns_cut_bridge_and_renumber():
     times = np.arange(0.05, 4.0, 0.1)
     labels = np.array([1] * 20 + [0] * 20)
-    turns = labels_to_turns([(0.0, 1.5), (1.6, 4.0)], times, labels, 0.1, max_gap=0.3)
+    turns = renumber(labelled_turns([(0.0, 1.5), (1.6, 4.0)], times, labels, 0.1, max_gap=0.3))
     assert [(t.start, t.end, t.speaker) for t in turns] == [(0.0, 2.0, 0), (2.0, 4.0, 1)]
-    assert labels_to_turns([(0.0, 1.0)], times, labels, 0.1, min_turn=2.0) == []
+    assert labelled_turns([(0.0, 1.0)], times, labels, 0.1, min_turn=2.0) == []
 
 
 def test_nearest_sorted_matches_brute_force():

@@ -38,23 +38,6 @@ def viterbi(scores: np.ndarray, switch_penalty: float) -> np.ndarray:
     return path
 
 
-def labels_to_turns(
-    spans: Sequence[tuple[float, float]],
-    times: np.ndarray,
-    labels: np.ndarray,
-    step: float,
-    max_gap: float = 0.0,
-    min_turn: float = 0.0,
-) -> list[SpeakerTurn]:
-    """Turns from speech spans (seconds) and per-step labels at `times` (step centres, original timeline).
-
-    Each span is cut where the label changes (midway between the two steps); gaps of at most `max_gap`
-    seconds between turns of one speaker are bridged (annotators do not split a turn at a breath), and turns
-    shorter than `min_turn` are dropped.
-    """
-    return renumber(labelled_turns(spans, times, labels, step, max_gap, min_turn))
-
-
 def labelled_turns(
     spans: Sequence[tuple[float, float]],
     times: np.ndarray,
@@ -63,7 +46,13 @@ def labelled_turns(
     max_gap: float = 0.0,
     min_turn: float = 0.0,
 ) -> list[tuple[float, float, int]]:
-    """`labels_to_turns` keeping the labels as given (not renumbered), so more turns can join them."""
+    """(start, end, label) turns from speech spans (seconds) and per-step labels at `times` (step centres,
+    original timeline); labels as given, so more turns can join them before `renumber`.
+
+    Each span is cut where the label changes (midway between the two steps); gaps of at most `max_gap`
+    seconds between turns of one speaker are bridged (annotators do not split a turn at a breath), and turns
+    shorter than `min_turn` are dropped.
+    """
     pieces: list[tuple[float, float, int]] = []
     order = np.argsort(times)
     times, labels = times[order], labels[order]
