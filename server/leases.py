@@ -20,6 +20,7 @@ leaves them untouched; unfinished writes of stored speeches and job files are th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -66,6 +67,7 @@ class ProcessLease:
         self._data_dir = Path(data_dir)
         self._stale_s = stale_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def tmp_root(self) -> Path:
@@ -91,7 +93,8 @@ class ProcessLease:
     async def stop(self) -> None:
         """Graceful end (after every reservation of this process is settled or refunded)."""
         if self._task is not None:
-            self._task.cancel()
+            # Stopped, not cancelled: a heartbeat cancelled inside its UPDATE could leave the write unfinished.
+            self._stopping.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         async with self._db.begin() as conn:
@@ -180,14 +183,14 @@ class ProcessLease:
         interval = max(0.2, min(10.0, self._stale_s / 4))
         last_recovery = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+                return
             try:
                 await self._heartbeat()
                 if time.monotonic() - last_recovery >= RECOVER_EVERY_S:
                     last_recovery = time.monotonic()
                     await self.recover(minutes, note="refunded: the server process holding it died")
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("lease heartbeat failed")
 

@@ -10,6 +10,7 @@ settled or refunded when it ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ MAX_ATTEMPTS = 3
 # takes seconds to minutes); sweeping it sooner could delete a live write of a slow client.
 ORPHAN_WRITE_AGE_S = 3600.0
 PROBE_DECODE_S = 600.0  # media whose header has no length: what the upload decodes to estimate it (~1 s of CPU)
+# How long stop() waits for the worker loops to end between database calls before cancelling them.
+STOP_WAIT_S = 10.0
 
 
 def job_view(row: Any) -> dict[str, Any]:
@@ -94,7 +97,8 @@ class SubtitleJobs:
         self._capabilities = capabilities
         self._transcription = transcription
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []  # the worker and purger loops
+        self._jobs: set[asyncio.Task] = set()  # the jobs running now
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -210,7 +214,8 @@ class SubtitleJobs:
             await self._fail(row, f"gave up after {MAX_ATTEMPTS} attempts (the worker died each time)")
             return
         progress = {"value": 0.0}
-        beat = asyncio.ensure_future(self._heartbeat(job_id, progress))
+        job_done = asyncio.Event()
+        beat = asyncio.ensure_future(self._heartbeat(job_id, progress, job_done))
         try:
             account = await self._accounts.get(row["account_id"])
             ensure_active(account)  # disabled while queued: the job fails (refunded) instead of running
@@ -248,7 +253,9 @@ class SubtitleJobs:
             log.exception("subtitle job %s failed", job_id)
             await self._fail(row, f"internal error: {type(exc).__name__}")
         finally:
-            beat.cancel()
+            # Stopped, not cancelled: a heartbeat cancelled inside its UPDATE could leave the write unfinished.
+            job_done.set()
+            await asyncio.gather(beat, return_exceptions=True)
 
     async def _write_result(self, name: str, text: str) -> None:
         # Visible only once committed: a download never sees half a file, and a worker that lost a stale job
@@ -297,12 +304,13 @@ class SubtitleJobs:
         if await self._mine(row["id"], status="failed", error=reason, completed_at=time.time(), minutes_used=0.0):
             await self._store.delete([_blob(row["upload_file"])])
 
-    async def _heartbeat(self, job_id: str, progress: dict[str, float]) -> None:
+    async def _heartbeat(self, job_id: str, progress: dict[str, float], done: asyncio.Event) -> None:
         # Often enough for a client's progress bar, and several beats inside the staleness window.
         interval = max(0.2, min(1.0, self._settings.job_stale_seconds / 4))
-        while True:
+        while not done.is_set():
             await self._mine(job_id, heartbeat_at=time.time(), progress=progress["value"])
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=interval)
 
     async def _worker(self) -> None:
         poll = self._settings.job_poll_seconds
@@ -310,17 +318,24 @@ class SubtitleJobs:
             try:
                 row = await self.claim()
                 if row is not None:
-                    await self.run_one(row)
+                    # Its own task, so that stop() interrupts the job (which hands itself back) and never
+                    # this loop's database calls: a claim cancelled mid-UPDATE could leave its write open.
+                    job = asyncio.ensure_future(self.run_one(row))
+                    self._jobs.add(job)
+                    try:
+                        await asyncio.wait([job])
+                    finally:
+                        self._jobs.discard(job)
+                    if not job.cancelled() and job.exception() is not None:
+                        log.error("job worker error", exc_info=job.exception())
                     continue
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("job worker error")
             self._wake.clear()
-            try:
+            if self._stopping.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
-            except TimeoutError:
-                pass
 
     async def purge(self, now: float | None = None) -> int:
         """Deletes expired jobs (rows and files); a job still holding a reservation is refunded first (a
@@ -363,10 +378,8 @@ class SubtitleJobs:
                 await self.purge()
             except Exception:
                 log.exception("purge failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=60)
-            except TimeoutError:
-                pass
 
     async def start(self) -> None:
         for _ in range(max(0, self._settings.job_workers)):
@@ -374,12 +387,15 @@ class SubtitleJobs:
         self._tasks.append(asyncio.ensure_future(self._purger()))
 
     async def stop(self) -> None:
+        """Interrupts running jobs (each hands itself back to the queue) and lets the worker and purger loops
+        end between their database calls, never inside one."""
         self._stopping.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except BaseException:
-                pass
+        self._wake.set()
+        for job in list(self._jobs):
+            job.cancel()
+        if self._tasks:
+            _done, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for t in stuck:  # a database that does not answer: give up on a clean end
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()

@@ -7,6 +7,7 @@ The "dead" and "live" processes are rows written as a server process writes them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -43,7 +44,9 @@ def aged(path: Path, seconds: float, content: bytes = b"x") -> Path:
 
 
 async def test_a_dead_process_s_reservations_and_files_are_recovered_at_start(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path, ADMIN_KEY)
+    # No job workers: the hand-made queued job below has no upload, and a worker taking it would fail it and
+    # refund its minutes, which is the job's business, not recovery's.
+    settings = dataclasses.replace(fake_settings(tmp_path, ADMIN_KEY), job_workers=0)
     data = Path(settings.data_dir)
     async with running(settings) as api:
         acc = await api.account(startingMinutes=10)
