@@ -146,6 +146,7 @@ class BatchWorker(Generic[T, R]):
         self._failed = 0
         self._sizes: Counter[int] = Counter()
         self._busy = 0.0
+        self._running = 0  # items in the batch being run
         self._recent: list[tuple[float, float]] = []  # (start, end) of recent batches, for busy_ratio
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -175,9 +176,10 @@ class BatchWorker(Generic[T, R]):
                               self._busy, min(1.0, busy / BUSY_WINDOW_S))
 
     @property
-    def queue_depth(self) -> int:
-        """Items waiting (cheap: read on every submission to pick the least busy replica)."""
-        return len(self._queue)
+    def load(self) -> int:
+        """Items waiting plus those in the running batch (cheap: read on every submission to pick the least
+        busy replica; a replica whose queue is empty may still be seconds into a batch)."""
+        return len(self._queue) + self._running
 
     @property
     def closed(self) -> bool:
@@ -228,6 +230,7 @@ class BatchWorker(Generic[T, R]):
 
     def _run(self, batch: list[_Entry]) -> None:
         started = time.monotonic()
+        self._running = len(batch)
         if self._on_stage is not None:
             for e in batch:
                 self._on_stage("queue_wait", started - e.enqueued)
@@ -238,6 +241,7 @@ class BatchWorker(Generic[T, R]):
             results = [self._call([e])[0][0] for e in batch]
         ended = time.monotonic()
         with self._cond:
+            self._running = 0
             self._batches += 1
             self._items += len(batch)
             self._failed += failed

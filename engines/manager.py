@@ -37,7 +37,7 @@ class EngineConfig:
     batch_window_ms: float = 10.0
     device_index: tuple[int, ...] = (0,)
     diarizer: str = "builtin"  # builtin | pyannote:<name> | off
-    stt_workers_per_device: int = 0  # 0: 3 on CUDA, 1 on CPU (see WhisperEngine)
+    stt_workers_per_device: int = 0  # 0: 3 on CUDA, 2 on CPU (see stt_replicas)
     on_stage: StageFn | None = None  # per-stage timings for the server's metrics
 
 
@@ -47,6 +47,17 @@ def ct2_threads(configured: int, cores: int) -> int:
     they contend with the request threads and front-end processes (realtime p95 final lag, 4 tiny.en streams
     on 2 cores: 1.60-1.84 s with 4 threads, 1.49-1.74 s with 2; bench_realtime --streams 4)."""
     return configured if configured > 0 else max(1, min(4, cores))
+
+
+def stt_replicas(configured: int, device: str) -> int:
+    """Whisper replicas per device (S7_STT_WORKERS_PER_DEVICE), each fed by its own batch worker; a request
+    goes to the least busy one. 0: 3 on CUDA, where one batch's CPU side overlaps another's kernels; 2 on a
+    CPU, where a batch of a long file takes seconds and cannot be interrupted, so a second replica lets a short
+    request or a live stream run beside it instead of after it (CTranslate2 shares the weights between
+    replicas). Measured on 2 cores with tiny.en: a 5 s /stt while a 20-minute /stt runs 6.1-8.8 s with one
+    replica, 0.69-0.76 s with two (0.48 s idle; bench_fairness); realtime p95 final lag at 4 streams 1.69 ->
+    1.02 s (bench_realtime); one request alone unchanged, 4 at once 14 % faster (bench_stt)."""
+    return configured if configured > 0 else (3 if device == "cuda" else 2)
 
 
 def cuda_available() -> bool:
@@ -105,7 +116,7 @@ class ModelManager:
                 d, model_name=model, device=self.config.device, compute_type=self.config.compute_type or None,
                 cpu_threads=ct2_threads(self.config.cpu_threads, usable_cores()), device_index=self.config.device_index,
                 max_batch_size=self.config.max_batch_size or None, batch_window_ms=self.config.batch_window_ms,
-                workers_per_device=self.config.stt_workers_per_device or (3 if self.config.device == "cuda" else 1),
+                workers_per_device=stt_replicas(self.config.stt_workers_per_device, self.config.device),
                 on_stage=self.config.on_stage,
             )
 

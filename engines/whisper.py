@@ -301,8 +301,9 @@ class WhisperEngine:
             self._on_stage(name, seconds)
 
     def _pick_worker(self) -> BatchWorker:
-        # A request keeps all its items on one worker so they can share batches.
-        return min(self.workers, key=lambda w: w.queue_depth)
+        # A request keeps all its items on one worker so they can share batches; it goes where the fewest
+        # items wait or run, so a short request arriving during a long file's batch takes an idle replica.
+        return min(self.workers, key=lambda w: w.load)
 
     def _features(self, pcm: np.ndarray) -> tuple[np.ndarray, int]:
         from faster_whisper.audio import pad_or_trim

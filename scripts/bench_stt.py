@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engines.audio import decode_file  # noqa: E402
+from engines.manager import stt_replicas  # noqa: E402
 from engines.types import SAMPLE_RATE  # noqa: E402
 
 ADMIN_KEY = "s7_bench_admin_key_0123456789"
@@ -326,7 +327,7 @@ def main() -> None:
     ap.add_argument("--testdata", type=Path, default=Path(os.environ.get("S7_TESTDATA", REPO.parent / "shared" / "testdata")))
     ap.add_argument("--cpu-threads", type=int, default=0, help="CTranslate2 intra threads (0: its default)")
     ap.add_argument("--batch-size", type=int, default=0, help="max batch (0: 16 on CUDA, 8 on CPU)")
-    ap.add_argument("--workers-per-device", type=int, default=0, help="model replicas (0: 3 on CUDA, 1 on CPU)")
+    ap.add_argument("--workers-per-device", type=int, default=0, help="model replicas (0: the server's default, 3 on CUDA, 2 on CPU)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per level; the median wall time counts")
     ap.add_argument("--baselines", default="batched-array,batched-path", help="any of batched-array, "
                     "batched-path, plain (comma-separated; empty: only the server)")
@@ -344,7 +345,7 @@ def main() -> None:
     device = pick_device(args.device)
     compute_type = "float16" if device == "cuda" else "int8"
     batch = args.batch_size or (16 if device == "cuda" else 8)
-    workers = args.workers_per_device or (3 if device == "cuda" else 1)
+    workers = stt_replicas(args.workers_per_device, device)
     baselines = [b for b in args.baselines.split(",") if b.strip()]
     audio = bench_audio(args.testdata, args.minutes)
     audio_s = audio.size / SAMPLE_RATE

@@ -53,7 +53,8 @@ class Settings:
     max_batch_size: int = 0  # 0: 8 on CPU, 16 on CUDA
     batch_window_ms: float = 10.0
     # Whisper replicas per device, each fed by its own batch worker (0: 3 on CUDA, so batches' CPU sides
-    # overlap each other's kernels: measured 1066x -> 1310x at C=64 on an H200 with base; 1 on CPU).
+    # overlap each other's kernels: measured 1066x -> 1310x at C=64 on an H200 with base; 2 on CPU, so a
+    # short request runs beside a long file's batch: engines.manager.stt_replicas).
     stt_workers_per_device: int = 0
     # Processes that decode uploads and run Silero VAD (-1: one per core; 0: threads of the server process).
     frontend_workers: int = -1

@@ -65,9 +65,10 @@ def whisper_tiny_dir(models_root: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny(whisper_tiny_dir: Path) -> Iterator[Any]:
     """tiny.en as the server loads it on CPU."""
+    from engines.manager import stt_replicas
     from engines.whisper import WhisperEngine
 
-    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en")
+    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en", workers_per_device=stt_replicas(0, "cpu"))
     yield engine
     engine.close()
 
@@ -75,9 +76,10 @@ def tiny(whisper_tiny_dir: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def base(whisper_base_dir: Path) -> Iterator[Any]:
     """Multilingual base, as the server loads it on CPU."""
+    from engines.manager import stt_replicas
     from engines.whisper import WhisperEngine
 
-    engine = WhisperEngine(whisper_base_dir, model_name="base")
+    engine = WhisperEngine(whisper_base_dir, model_name="base", workers_per_device=stt_replicas(0, "cpu"))
     yield engine
     engine.close()
 

@@ -182,6 +182,22 @@ def test_requests_take_turns_so_a_short_one_is_not_queued_behind_a_long_one(rec:
         worker.close()
 
 
+def test_the_running_batch_counts_in_a_worker_s_load(rec: Recorder) -> None:
+    """What replica choice reads: a worker seconds into a batch with nothing queued is not idle."""
+    worker = _worker(rec)
+    try:
+        assert worker.load == 0
+        first = _block_on_first(worker, rec)
+        assert (worker.stats().queue_depth, worker.load) == (0, 1)
+        queued = worker.submit("a", key="k")
+        assert (worker.stats().queue_depth, worker.load) == (1, 2)
+        rec.release()
+        assert first.result(WAIT) == "FIRST" and queued.result(WAIT) == "A"
+        assert worker.load == 0
+    finally:
+        worker.close()
+
+
 def test_busy_time_is_measured(rec: Recorder) -> None:
     worker = _worker(rec)
     try:
@@ -269,3 +285,38 @@ def test_concurrent_requests_share_generate_calls_and_get_their_own_text(whisper
     assert batches < items
     assert [_words(t) for t in concurrent] == [_words(t) for t in serial]
     assert "americans" in _words(concurrent[0]) and "printing" in _words(concurrent[2])
+
+
+@pytest.mark.slow
+def test_a_short_request_runs_on_the_other_replica_while_a_long_one_holds_the_first(
+    whisper_tiny_dir: Path, testdata: Path, long_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas (the CPU default): a short request is not held behind a batch of a long file that cannot
+    be interrupted; it is decoded, right, while that batch is still running."""
+    from engines.audio import decode_file
+    from engines.types import SttRequest
+    from engines.whisper import WhisperEngine
+
+    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en", workers_per_device=2)
+    first = engine.workers[0]
+    held, running = threading.Event(), threading.Event()
+    original = first._run_batch
+
+    def long_batch(items: list) -> object:  # type: ignore[type-arg]
+        running.set()
+        assert held.wait(WAIT)
+        return original(items)
+
+    monkeypatch.setattr(first, "_run_batch", long_batch)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            long_text = pool.submit(lambda: engine.transcribe(SttRequest(decode_file(long_clip))).text)
+            assert running.wait(WAIT)
+            short = engine.transcribe(SttRequest(decode_file(testdata / "en" / "jfk.flac")))
+            assert not long_text.done()  # the long file's batch is still held
+            held.set()
+            assert "americans" in _words(short.text)
+            assert len(_words(long_text.result(WAIT))) > 50
+    finally:
+        held.set()
+        engine.close()

@@ -60,6 +60,7 @@ def wy(tmp_path_factory, models_root) -> Iterator[Wyoming]:  # type: ignore[no-u
     settings = Settings(
         warmup=False, data_dir=tmp_path_factory.mktemp("wyoming") / "data", admin_key=ADMIN_KEY,
         models_dir=models_root, wyoming_uri=f"tcp://127.0.0.1:{port}", wyoming_api_key=ADMIN_KEY,
+        stt_workers_per_device=1,  # one replica: both protocols' requests meet in its one batch queue
     )
     app = create_app(settings)
     with serve_in_thread(app) as server:
