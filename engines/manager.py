@@ -54,9 +54,9 @@ def stt_replicas(configured: int, device: str) -> int:
     goes to the least busy one. 0: 3 on CUDA, where one batch's CPU side overlaps another's kernels; 2 on a
     CPU, where a batch of a long file takes seconds and cannot be interrupted, so a second replica lets a short
     request or a live stream run beside it instead of after it (CTranslate2 shares the weights between
-    replicas). Measured on 2 cores with tiny.en: a 5 s /stt while a 20-minute /stt runs 6.1-8.8 s with one
-    replica, 0.69-0.76 s with two (0.48 s idle; bench_fairness); realtime p95 final lag at 4 streams 1.69 ->
-    1.02 s (bench_realtime); one request alone unchanged, 4 at once 14 % faster (bench_stt)."""
+    replicas). Measured on 2 cores with tiny.en: a 5 s /stt while a 30-minute /stt runs takes 8.6 s with one
+    replica, 0.60 s with two (0.50 s idle; bench_fairness, medians); realtime p95 final lag at 4 streams 1.69
+    -> 1.02 s (bench_realtime); one request alone unchanged, 4 at once 14 % faster (bench_stt)."""
     return configured if configured > 0 else (3 if device == "cuda" else 2)
 
 

@@ -86,14 +86,14 @@ def main() -> None:
             time.sleep(args.lead)
             loaded = []
             for _ in range(args.probes):
-                if not runner.is_alive():
+                latency = timed(server, short_data)
+                if not runner.is_alive():  # the long request ended during this probe: it was not all loaded
                     break
-                loaded.append(timed(server, short_data))
+                loaded.append(latency)
                 time.sleep(args.gap)
-            still_running = runner.is_alive()
             runner.join()
             print("  loaded: " + " ".join(f"{x:.2f}" for x in loaded), flush=True)
-            if not loaded or not still_running:
+            if len(loaded) < args.probes:
                 sys.exit("the long request ended before the probes did: use a longer --long-minutes")
         finally:
             server.close()
