@@ -320,3 +320,9 @@ def test_a_short_request_runs_on_the_other_replica_while_a_long_one_holds_the_fi
     finally:
         held.set()
         engine.close()
+
+
+def test_the_server_loads_two_replicas_on_a_cpu(live_server) -> None:  # type: ignore[no-untyped-def]
+    """What makes the short request above fast through the API: the server's default on a CPU."""
+    engine = live_server.services.models.stt("tiny.en")
+    assert engine.device == "cpu" and len(engine.workers) == 2
