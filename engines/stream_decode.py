@@ -301,6 +301,12 @@ class StreamDecoder:
         elif audio_format != "auto":
             raise ValueError(f"unsupported audio_format {audio_format!r}; use auto, pcm_s16le or pcm_f32le")
 
+    @property
+    def instant(self) -> bool:
+        """Whether feed() only converts raw PCM (microseconds: a caller may skip a thread hop); False while
+        the format is unknown or a container decoder (which may wait for its thread) is in use."""
+        return isinstance(self._impl, _PcmDecoder)
+
     def feed(self, data: bytes) -> np.ndarray:
         """Adds bytes; returns the new samples decodable so far (possibly empty).
 

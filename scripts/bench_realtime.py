@@ -34,6 +34,12 @@ decode batches during the level (from /metrics) and the client loop's lateness. 
 session finished and the p95 final lag is below `--max-p95`; the SUMMARY line names the largest passing N.
 Levels stop at the first failure unless `--all`.
 
+`--free-model` is a CPU proxy for the GPU box, where hundreds of streams share one interpreter: the started
+server's batch worker returns, at once, one word per half second of each window instead of calling Whisper
+(in this benchmark only), so the lag and the server's CPU (`cpu`, % of one core, its whole process tree)
+measure what every stream costs besides the model: WebSocket frames, VAD, features, commits, messages. Its
+WER column is meaningless.
+
 The floor on an idle machine: a word is final at the first decode that heard `margin` (0.5 s) of audio after
 it, decodes come every decode interval (0.3 s on a CPU, 0.2 s on a GPU) plus the decode itself, and a pause of
 0.3 s finalizes the words before it; load shows as lag growing with N beyond that floor.
@@ -47,6 +53,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -210,7 +217,7 @@ class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         import httpx
 
-        from server.launcher import ServerProcess, ServerStartError, start_process
+        from server.launcher import SERVE, ServerProcess, ServerStartError, start_process
 
         self.server: ServerProcess | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -230,8 +237,10 @@ class Server:
                 env["S7_REALTIME_MAX_LAG_S"] = str(args.max_lag)
             self.admin = admin
             self.log = Path(self._tmp.name) / "server.log"
+            command = (sys.executable, str(Path(__file__).resolve()), "--serve-free-model") if args.free_model \
+                else SERVE
             try:
-                self.server = start_process(env, log=self.log, timeout_s=180)
+                self.server = start_process(env, command=command, log=self.log, timeout_s=180)
             except ServerStartError as exc:
                 raise SystemExit(f"the server did not start: {exc}") from None
             self.url = self.server.url
@@ -275,6 +284,14 @@ class Server:
                 return
             time.sleep(0.2)
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the started server's process tree so far (NaN for a server given by URL)."""
+        if self.server is None:
+            return float("nan")
+        from bench_stt import tree_cpu_seconds
+
+        return tree_cpu_seconds(self.server.proc.pid)
+
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + f"/stt/realtime?apiKey={self.key}"
@@ -302,10 +319,10 @@ def table_head() -> list[str]:
     lags = " ".join(f"{'p' + str(q):>5}" for q in QUANTILES)
     first = f"{'':>14}  {'final-token lag (s)':^23}  {'partial lag (s)':^23}"
     return [first, f"{'N':>4} {'ok':>4} {'ref':>4}  {lags}  {lags}  {'upd':>5} {'fin':>5} {'WER':>6} {'batch':>6} "
-                   f"{'loop':>6}"]
+                   f"{'loop':>6} {'cpu':>5}"]
 
 
-def table_row(n: int, results: list[Result], batch: float, lateness: list[float]) -> str:
+def table_row(n: int, results: list[Result], batch: float, lateness: list[float], cpu: float) -> str:
     ok = [r for r in results if r.error is None]
     final = [x for r in ok for x in r.final_lags]
     partial = [x for r in ok for x in r.partial_lags]
@@ -315,7 +332,7 @@ def table_row(n: int, results: list[Result], batch: float, lateness: list[float]
     finish = pct([r.finish_s for r in ok], 50)
     refused = sum(r.refused for r in results)
     return (f"{n:>4} {len(ok):>4} {refused:>4}  {lags}  {update:>5.2f} {finish:>5.2f} {werr:>6.3f} {batch:>6.1f} "
-            f"{pct(lateness, 99):>6.3f}")
+            f"{pct(lateness, 99):>6.3f} {cpu:>5.0f}")
 
 
 def main() -> None:
@@ -333,6 +350,8 @@ def main() -> None:
                     "measured lag; 0: off; default: the server's)")
     ap.add_argument("--all", action="store_true", help="run every level even after one fails")
     ap.add_argument("--show-text", action="store_true", help="print each level's first transcript and reference")
+    ap.add_argument("--free-model", action="store_true", help="the started server answers every decode at once "
+                    "(a CPU proxy for what streams cost besides the model; see above)")
     args = ap.parse_args()
     if args.url and not args.key:
         ap.error("--url needs --key")
@@ -361,10 +380,12 @@ def main() -> None:
         for n in levels:
             server.wait_idle()
             counters = server.batch_counters()
+            cpu0, t0 = server.cpu_seconds(), time.perf_counter()
             results, lateness = asyncio.run(run_level(server.ws_url, programmes, n, seed=n))
+            cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0) * 100
             batches, items = (b - a for a, b in zip(counters, server.batch_counters(), strict=True))
             tried.append(n)
-            print(table_row(n, results, items / batches if batches else float("nan"), lateness), flush=True)
+            print(table_row(n, results, items / batches if batches else float("nan"), lateness, cpu), flush=True)
             errors = sorted({r.error for r in results if r.error})
             for error in errors[:5]:  # hundreds of refused sessions say the same thing
                 print(f"    session error ({sum(r.error == error for r in results)}x): {error}")
@@ -383,5 +404,27 @@ def main() -> None:
         server.close()
 
 
+def serve_with_free_model() -> None:
+    """`python -m server.cli serve`, with the batch worker's model call replaced (this benchmark only): one
+    word per half second of each window's audio, so that streams commit words and move on as with a model."""
+    from engines import whisper_batch
+
+    def free_model(self: whisper_batch.BatchRunner, items: list) -> list:
+        out = []
+        for it in items:
+            if it.slot is not None and it.slot.language is None:
+                it.slot.language, it.slot.probability = "en", 1.0
+            words = tuple((" w", i * 0.5 + 0.05, i * 0.5 + 0.45, 0.9) for i in range(int(it.frames / 100 / 0.5)))
+            out.append(whisper_batch.Decoded("".join(w[0] for w in words), words))
+        return out
+
+    whisper_batch.BatchRunner.run = free_model  # type: ignore[method-assign]
+    from server.cli import main as serve
+
+    sys.exit(serve(["serve"]))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve-free-model"]:
+        serve_with_free_model()
     main()

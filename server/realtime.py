@@ -205,7 +205,9 @@ class RealtimeSession:
         if len(data) > MAX_FRAME_BYTES:
             raise ApiError(413, "frame_too_large", f"an audio message may hold at most {MAX_FRAME_BYTES >> 10} kB; "
                            "send the stream in smaller frames, as it is recorded")
-        pcm = await self._svc.inference.run(self.decoder.feed, data)
+        # Raw PCM converts in microseconds: a thread hop per 100 ms frame would cost hundreds of streams more
+        # than the conversion (bench_realtime --free-model). Containers decode on an inference thread.
+        pcm = self.decoder.feed(data) if self.decoder.instant else await self._svc.inference.run(self.decoder.feed, data)
         self._push(pcm)
         while self._backlog > MAX_BACKLOG_S * SAMPLE_RATE and not self._process_ended:
             self._drained.clear()
