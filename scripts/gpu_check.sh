@@ -2,12 +2,15 @@
 # The GPU checks in one run, for a lent or new CUDA box (see ../shared/gpu/README.md for the bare-box recipe
 # that installs the wheels and the model first). Writes every log under $OUT (default ./gpu-check) and prints
 # the tables last.
-#   scripts/gpu_check.sh [all|shim|stt|realtime]...
+#   scripts/gpu_check.sh [all|shim|stt|realtime|fairness|streamcost]...
 # - shim:     starts the real server WITHOUT any cuBLAS 12 on the loader path and checks that it finds a
 #             cuBLAS 13 by itself (engines/cuda_libs.py), comes up on cuda, and transcribes a clip.
 # - stt:      scripts/bench_stt.py, whisper base, 120 s WAV requests, C = 1, 8, 32, 64 against faster-whisper's
 #             BatchedInferencePipeline given the same WAV path and a decoded array (GPU utilisation sampled).
 # - realtime: scripts/bench_realtime.py, whisper base, streams paced in real time at 1, 16, 64 and 200.
+# - fairness: scripts/bench_fairness.py, whisper base: a 5 s /stt idle and while a 30-minute /stt runs.
+# - streamcost: scripts/bench_realtime.py --free-model at 100, 200 and 300 streams: what the streams cost the
+#             server's one interpreter besides the model, on this box's CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-./gpu-check}"; mkdir -p "$out"
@@ -88,7 +91,17 @@ finally:
 PY
 fi
 
+if want fairness; then
+  "$py" scripts/bench_fairness.py --device cuda --model whisper:base --long-minutes 30 --probes 5 --alone \
+    2>&1 | grep -v -i "warn" | tee "$out/bench_fairness.txt"
+fi
+
+if want streamcost; then
+  "$py" scripts/bench_realtime.py --device cuda --free-model --streams 100,200,300 --seconds 20 --all --max-lag 0 \
+    2>&1 | grep -v -i "warn" | tee "$out/bench_streamcost.txt"
+fi
+
 echo "=== tables ==="
-for f in shim.txt bench_stt.txt bench_realtime.txt; do
-  [ -f "$out/$f" ] && { echo "--- $f"; grep -E "^(path|server|batched|plain|  *[0-9]+ |SUMMARY|summary|shim| *N )" "$out/$f" | tail -30; }
+for f in shim.txt bench_stt.txt bench_realtime.txt bench_fairness.txt bench_streamcost.txt; do
+  [ -f "$out/$f" ] && { echo "--- $f"; grep -E "^(path|server|batched|plain|  *[0-9]+ |SUMMARY|summary|shim| *N |  idle|  loaded|  long)" "$out/$f" | tail -30; }
 done
