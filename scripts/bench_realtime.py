@@ -4,6 +4,7 @@
                                                [--device auto|cpu|cuda] [--models-dir DIR] [--max-p95 1.0] [--all]
     .venv/bin/python scripts/bench_realtime.py --streams 1,16,64,200 --device cuda --all   # whisper:base on a GPU
     .venv/bin/python scripts/bench_realtime.py --url http://host:8080 --key KEY ...   # an already running server
+    .venv/bin/python scripts/bench_realtime.py --processes 4 --streams 200 --device cuda --all   # 4 processes, 1 box
 
 Without `--url` the script starts `python -m server.cli serve` (a throw-away data directory, the models in
 `--models-dir`, default `$S7_MODELS_DIR`, S7_REALTIME_MAX_SESSIONS above the largest level, no per-account
@@ -34,6 +35,11 @@ decode batches during the level (from /metrics) and the client loop's lateness. 
 session finished and the p95 final lag is below `--max-p95`; the SUMMARY line names the largest passing N.
 Levels stop at the first failure unless `--all`.
 
+`--processes K` starts K server processes on one data directory (one SQLite database) behind HAProxy: the
+cluster of docs/deploy.md on one box, which spreads the streams' per-frame Python over K interpreters (each
+with its own model replicas and batches). The `cpu` column then sums them. On the 2-core development machine
+the client starves beside two servers, so this waits for a box with cores to spare to say what it gains.
+
 `--free-model` is a CPU proxy for the GPU box, where hundreds of streams share one interpreter: the started
 server's batch worker returns, at once, one word per half second of each window instead of calling Whisper
 (in this benchmark only), so the lag and the server's CPU (`cpu`, % of one core, its whole process tree)
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -219,50 +226,68 @@ class Server:
 
         from server.launcher import SERVE, ServerProcess, ServerStartError, start_process
 
-        self.server: ServerProcess | None = None
+        self.servers: list[ServerProcess] = []
+        self._stack = contextlib.ExitStack()
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.admin: str | None = None
         if args.url:
             self.url, self.key = args.url.rstrip("/"), args.key
-        else:
-            self._tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
-            admin = "s7_bench_realtime_admin_0123456789"
-            env = {"S7_DATA_DIR": self._tmp.name, "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir),
-                   "S7_DEVICE": args.device, "S7_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1",
-                   # The default ceiling (64) would refuse the larger levels' sessions, and the per-account cap
-                   # (8) all but a few: the bench streams every session from one account.
-                   "S7_REALTIME_MAX_SESSIONS": str(max(args.levels) + 8),
-                   "S7_REALTIME_MAX_SESSIONS_PER_ACCOUNT": "0"}
-            if args.max_lag is not None:
-                env["S7_REALTIME_MAX_LAG_S"] = str(args.max_lag)
-            self.admin = admin
-            self.log = Path(self._tmp.name) / "server.log"
-            command = (sys.executable, str(Path(__file__).resolve()), "--serve-free-model") if args.free_model \
-                else SERVE
-            try:
-                self.server = start_process(env, command=command, log=self.log, timeout_s=180)
-            except ServerStartError as exc:
-                raise SystemExit(f"the server did not start: {exc}") from None
-            self.url = self.server.url
-            body = {"apiKey": admin, "startingMinutes": 100_000, "companyName": "bench", "sttApiKey": args.model}
-            r = httpx.post(f"{self.url}/accounts", json=body, timeout=30)
-            if r.status_code != 201:
-                raise SystemExit(f"could not create the bench account: {r.status_code} {r.text}")
-            self.key = r.json()["apiKey"]
+            self._metric_urls = [self.url]
+            self.health = httpx.get(f"{self.url}/healthz", timeout=10).json()
+            caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
+            self.stt = caps.get("stt") or {}
+            return
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
+        admin = "s7_bench_realtime_admin_0123456789"
+        env = {"S7_DATA_DIR": self._tmp.name, "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir),
+               "S7_DEVICE": args.device, "S7_LOG_LEVEL": "warning", "HF_HUB_OFFLINE": "1",
+               # The default ceiling (64) would refuse the larger levels' sessions, and the per-account cap
+               # (8) all but a few: the bench streams every session from one account.
+               "S7_REALTIME_MAX_SESSIONS": str(max(args.levels) + 8),
+               "S7_REALTIME_MAX_SESSIONS_PER_ACCOUNT": "0"}
+        if args.max_lag is not None:
+            env["S7_REALTIME_MAX_LAG_S"] = str(args.max_lag)
+        self.admin = admin
+        command = (sys.executable, str(Path(__file__).resolve()), "--serve-free-model") if args.free_model else SERVE
+        try:
+            # One after the other: the first creates the tables and the admin account that the others share.
+            for i in range(args.processes):
+                self.servers.append(start_process(env, command=command, timeout_s=240,
+                                                  log=Path(self._tmp.name) / f"server{i}.log"))
+            if len(self.servers) > 1:
+                from server.balancer import Node, running_haproxy
+
+                nodes = [Node(f"p{i}", s.url.removeprefix("http://")) for i, s in enumerate(self.servers)]
+                self.url = self._stack.enter_context(running_haproxy(nodes)).url
+            else:
+                self.url = self.servers[0].url
+        except (ServerStartError, FileNotFoundError, RuntimeError) as exc:
+            self.close()
+            raise SystemExit(f"the server did not start: {exc}") from None
+        self._metric_urls = [s.url for s in self.servers]
+        body = {"apiKey": admin, "startingMinutes": 100_000, "companyName": "bench", "sttApiKey": args.model}
+        r = httpx.post(f"{self.url}/accounts", json=body, timeout=30)
+        if r.status_code != 201:
+            raise SystemExit(f"could not create the bench account: {r.status_code} {r.text}")
+        self.key = r.json()["apiKey"]
         self.health = httpx.get(f"{self.url}/healthz", timeout=10).json()
         caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
         self.stt = caps.get("stt") or {}
 
     def metrics(self) -> list[str]:
-        """GET /metrics (with the admin key when this script started the server: it may be protected)."""
+        """Every server process's GET /metrics lines (with the admin key when this script started them:
+        /metrics may be protected); a balancer would answer for one process only."""
         import httpx
 
         headers = {"x-api-key": self.admin or self.key or ""}
-        try:
-            r = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10)
-        except httpx.HTTPError:
-            return []
-        return r.text.splitlines() if r.status_code == 200 else []
+        lines: list[str] = []
+        for url in self._metric_urls:
+            try:
+                r = httpx.get(f"{url}/metrics", headers=headers, timeout=10)
+            except httpx.HTTPError:
+                continue
+            lines += r.text.splitlines() if r.status_code == 200 else []
+        return lines
 
     def batch_counters(self) -> tuple[float, float]:
         """(batches, items) the server's models ran so far, from /metrics; zeros when it has none."""
@@ -275,30 +300,31 @@ class Server:
         return batches, items
 
     def wait_idle(self, timeout_s: float = 60.0) -> None:
-        """Until the server holds no realtime session (it frees a slot just after the client saw the close),
-        so that a level is not refused for the previous level's sessions; bounded."""
+        """Until no server process holds a realtime session (one frees a slot just after the client saw the
+        close), so that a level is not refused for the previous level's sessions; bounded."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            live = [x for x in self.metrics() if x.startswith("s7_realtime_sessions ")]
-            if not live or float(live[0].rsplit(" ", 1)[1]) == 0:
+            live = [float(x.rsplit(" ", 1)[1]) for x in self.metrics() if x.startswith("s7_realtime_sessions ")]
+            if sum(live) == 0:
                 return
             time.sleep(0.2)
 
     def cpu_seconds(self) -> float:
-        """CPU time of the started server's process tree so far (NaN for a server given by URL)."""
-        if self.server is None:
+        """CPU time of the started server processes' trees so far (NaN for a server given by URL)."""
+        if not self.servers:
             return float("nan")
         from bench_stt import tree_cpu_seconds
 
-        return tree_cpu_seconds(self.server.proc.pid)
+        return sum(tree_cpu_seconds(s.proc.pid) for s in self.servers)
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + f"/stt/realtime?apiKey={self.key}"
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+        self._stack.close()
+        for server in self.servers:
+            server.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -350,6 +376,8 @@ def main() -> None:
                     "measured lag; 0: off; default: the server's)")
     ap.add_argument("--all", action="store_true", help="run every level even after one fails")
     ap.add_argument("--show-text", action="store_true", help="print each level's first transcript and reference")
+    ap.add_argument("--processes", type=int, default=1, help="server processes to start, sharing one data "
+                    "directory behind HAProxy (see above)")
     ap.add_argument("--free-model", action="store_true", help="the started server answers every decode at once "
                     "(a CPU proxy for what streams cost besides the model; see above)")
     args = ap.parse_args()
@@ -357,6 +385,8 @@ def main() -> None:
         ap.error("--url needs --key")
     if not args.url and not args.models_dir:
         ap.error("--models-dir (or S7_MODELS_DIR) is needed to start a server")
+    if args.processes < 1 or (args.url and args.processes != 1):
+        ap.error("--processes must be >= 1, and cannot go with --url")
     args.levels = levels = sorted({int(x) for x in args.streams.split(",") if x.strip()})
     if not levels or levels[0] < 1:
         ap.error("--streams must list positive integers")

@@ -2,7 +2,7 @@
 # The GPU checks in one run, for a lent or new CUDA box (see ../shared/gpu/README.md for the bare-box recipe
 # that installs the wheels and the model first). Writes every log under $OUT (default ./gpu-check) and prints
 # the tables last.
-#   scripts/gpu_check.sh [all|shim|stt|realtime|fairness|streamcost]...
+#   scripts/gpu_check.sh [all|shim|stt|realtime|fairness|streamcost|realtime4p]...
 # - shim:     starts the real server WITHOUT any cuBLAS 12 on the loader path and checks that it finds a
 #             cuBLAS 13 by itself (engines/cuda_libs.py), comes up on cuda, and transcribes a clip.
 # - stt:      scripts/bench_stt.py, whisper base, 120 s WAV requests, C = 1, 8, 32, 64 against faster-whisper's
@@ -11,6 +11,8 @@
 # - fairness: scripts/bench_fairness.py, whisper base: a 5 s /stt idle and while a 30-minute /stt runs.
 # - streamcost: scripts/bench_realtime.py --free-model at 100, 200 and 300 streams: what the streams cost the
 #             server's one interpreter besides the model, on this box's CPU.
+# - realtime4p: scripts/bench_realtime.py, whisper base, 64 and 200 streams over 4 server processes behind
+#             HAProxy (--processes 4): whether spreading the per-stream Python over interpreters holds 200.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-./gpu-check}"; mkdir -p "$out"
@@ -101,7 +103,12 @@ if want streamcost; then
     2>&1 | grep -v -i "warn" | tee "$out/bench_streamcost.txt"
 fi
 
+if want realtime4p; then
+  "$py" scripts/bench_realtime.py --device cuda --processes 4 --streams 64,200 --seconds 20 --all --max-lag 0 \
+    2>&1 | grep -v -i "warn" | tee "$out/bench_realtime4p.txt"
+fi
+
 echo "=== tables ==="
-for f in shim.txt bench_stt.txt bench_realtime.txt bench_fairness.txt bench_streamcost.txt; do
+for f in shim.txt bench_stt.txt bench_realtime.txt bench_fairness.txt bench_streamcost.txt bench_realtime4p.txt; do
   [ -f "$out/$f" ] && { echo "--- $f"; grep -E "^(path|server|batched|plain|  *[0-9]+ |SUMMARY|summary|shim| *N |  idle|  loaded|  long)" "$out/$f" | tail -30; }
 done
