@@ -12,7 +12,8 @@
 # - streamcost: scripts/bench_realtime.py --free-model at 100, 200 and 300 streams: what the streams cost the
 #             server's one interpreter besides the model, on this box's CPU.
 # - realtime4p: scripts/bench_realtime.py, whisper base, 64 and 200 streams over 4 server processes behind
-#             HAProxy (--processes 4): whether spreading the per-stream Python over interpreters holds 200.
+#             HAProxy (--processes 4; needs the haproxy binary): whether spreading the per-stream Python over
+#             interpreters holds 200.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-./gpu-check}"; mkdir -p "$out"
