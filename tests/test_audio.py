@@ -243,6 +243,7 @@ def test_stream_pcm_s16le_odd_chunks(jfk: np.ndarray) -> None:
     samples = resample_poly(jfk.astype(np.float64), 3, 1)  # 48 kHz stereo, odd chunk sizes split frames
     raw = (np.clip(np.stack([samples, samples], axis=1), -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
     dec = StreamDecoder(audio_format="pcm_s16le", sample_rate=48000, num_channels=2)
+    assert dec.instant  # raw PCM: the realtime session converts it without a thread hop
     before, tail, first_at = _stream_in_chunks(dec, raw, random.Random(11), odd=True)
     total = np.concatenate([before, tail])
     assert first_at is not None and first_at < 8000
@@ -253,6 +254,11 @@ def test_stream_pcm_s16le_odd_chunks(jfk: np.ndarray) -> None:
 def test_stream_wav_and_other_containers(tmp_path: Path, testdata: Path, jfk: np.ndarray) -> None:
     # PCM WAV (22.05 kHz) is parsed directly: samples from the first chunk after the header.
     wav = testdata / "en" / "LJ001-0001.wav"
+    auto = StreamDecoder()
+    assert not auto.instant  # the format is not known yet: the first bytes may start a container decoder
+    auto.feed(wav.read_bytes()[:100])
+    assert auto.instant  # a PCM WAV header: what follows is raw PCM
+    auto.abort()
     before, tail, first_at = _stream_in_chunks(StreamDecoder(), wav.read_bytes(), random.Random(3))
     np.testing.assert_allclose(np.concatenate([before, tail]), decode_file(wav), atol=1e-4)
     assert first_at is not None and first_at < 8000
@@ -264,6 +270,7 @@ def test_stream_wav_and_other_containers(tmp_path: Path, testdata: Path, jfk: np
     ):
         dec = StreamDecoder(max_wait_s=10.0)
         before, tail, _ = _stream_in_chunks(dec, path.read_bytes(), random.Random(5))
+        assert not dec.instant, path.name  # FFmpeg's thread: the realtime session feeds it on an inference thread
         assert abs(len(before) + len(tail) - len(jfk)) / SR < 0.1, path.name
         assert len(before) > 0, path.name
         assert _similarity(np.concatenate([before, tail]), jfk) > 0.95, path.name
