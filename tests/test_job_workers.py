@@ -159,3 +159,31 @@ async def running_fake(tmp_path: Path) -> AsyncIterator[Api]:
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30) as c:
             yield Api(app, c, settings)
+
+
+async def test_stopping_never_cancels_a_worker_inside_a_database_call(tmp_path: Path) -> None:
+    """Shutdown waits for a job worker's claim (an UPDATE) to end instead of cancelling it halfway, which could
+    leave its write unfinished while the rest of the shutdown writes to the same database."""
+    import asyncio
+
+    from server.app import create_app
+
+    app = create_app(fake_settings(tmp_path, ADMIN_KEY).with_(job_workers=1), manager=fake_models())
+    async with app.router.lifespan_context(app):
+        jobs = app.state.services.subtitle_jobs
+        inside, release, finished = asyncio.Event(), asyncio.Event(), []
+        claim = jobs.claim
+
+        async def held_claim(now: float | None = None) -> object:
+            inside.set()
+            await release.wait()  # the worker is in its claim when the server stops
+            row = await claim(now)
+            finished.append(row)
+            return row
+
+        jobs.claim = held_claim
+        await asyncio.wait_for(inside.wait(), 30)  # the worker polls every 50 ms
+        stopping = asyncio.ensure_future(jobs.stop())
+        release.set()
+        await asyncio.wait_for(stopping, 30)
+        assert finished == [None]  # the claim ran to its end (no job to take) rather than being cancelled
