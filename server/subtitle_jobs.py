@@ -240,10 +240,7 @@ class SubtitleJobs:
             if done:
                 await self._store.delete([_blob(row["upload_file"])])
         except asyncio.CancelledError:
-            # Shutting down: hand the job back at once so the next start (or another process) resumes it
-            # without waiting for the heartbeat to go stale. An interrupted run is not a failed attempt.
-            await self._mine(job_id, status="queued", worker_id=None, heartbeat_at=None,
-                             attempts=jobs_t.c.attempts - 1)
+            await self._hand_back(job_id)
             raise
         except ApiError as exc:
             await self._fail(row, exc.message)
@@ -256,6 +253,12 @@ class SubtitleJobs:
             # Stopped, not cancelled: a heartbeat cancelled inside its UPDATE could leave the write unfinished.
             job_done.set()
             await asyncio.gather(beat, return_exceptions=True)
+
+    async def _hand_back(self, job_id: str) -> None:
+        """Shutting down: the job goes back to the queue at once, so the next start (or another process)
+        resumes it without waiting for its heartbeat to go stale. An interrupted run is not a failed attempt.
+        A no-op once it is handed back (the job is no longer this worker's)."""
+        await self._mine(job_id, status="queued", worker_id=None, heartbeat_at=None, attempts=jobs_t.c.attempts - 1)
 
     async def _write_result(self, name: str, text: str) -> None:
         # Visible only once committed: a download never sees half a file, and a worker that lost a stale job
@@ -320,13 +323,20 @@ class SubtitleJobs:
                 if row is not None:
                     # Its own task, so that stop() interrupts the job (which hands itself back) and never
                     # this loop's database calls: a claim cancelled mid-UPDATE could leave its write open.
+                    if self._stopping.is_set():  # stop() began during the claim: the job was not started
+                        await self._hand_back(row["id"])
+                        break
                     job = asyncio.ensure_future(self.run_one(row))
                     self._jobs.add(job)
                     try:
                         await asyncio.wait([job])
                     finally:
                         self._jobs.discard(job)
-                    if not job.cancelled() and job.exception() is not None:
+                        if not job.done():  # this loop was cancelled (a stop that gave up waiting)
+                            job.cancel()
+                    if job.cancelled():  # also when it was cancelled before its first step ran
+                        await self._hand_back(row["id"])
+                    elif job.exception() is not None:
                         log.error("job worker error", exc_info=job.exception())
                     continue
             except Exception:

@@ -163,27 +163,43 @@ async def running_fake(tmp_path: Path) -> AsyncIterator[Api]:
 
 async def test_stopping_never_cancels_a_worker_inside_a_database_call(tmp_path: Path) -> None:
     """Shutdown waits for a job worker's claim (an UPDATE) to end instead of cancelling it halfway, which could
-    leave its write unfinished while the rest of the shutdown writes to the same database."""
+    leave its write unfinished while the rest of the shutdown writes to the same database; a job the claim took
+    after the shutdown began goes back to the queue untouched, not run and not counted as an attempt."""
     import asyncio
 
     from server.app import create_app
 
-    app = create_app(fake_settings(tmp_path, ADMIN_KEY).with_(job_workers=1), manager=fake_models())
+    settings = fake_settings(tmp_path, ADMIN_KEY).with_(job_workers=1)
+    app = create_app(settings, manager=fake_models())
     async with app.router.lifespan_context(app):
-        jobs = app.state.services.subtitle_jobs
-        inside, release, finished = asyncio.Event(), asyncio.Event(), []
-        claim = jobs.claim
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
+            api = Api(app, client, settings)
+            jobs = app.state.services.subtitle_jobs
+            inside, release, finished = asyncio.Event(), asyncio.Event(), []
+            claim = jobs.claim
 
-        async def held_claim(now: float | None = None) -> object:
-            inside.set()
-            await release.wait()  # the worker is in its claim when the server stops
-            row = await claim(now)
-            finished.append(row)
-            return row
+            async def held_claim(now: float | None = None) -> object:
+                inside.set()
+                await release.wait()  # the worker is in its claim when the server stops
+                row = await claim(now)
+                finished.append(row)
+                return row
 
-        jobs.claim = held_claim
-        await asyncio.wait_for(inside.wait(), 30)  # the worker polls every 50 ms
-        stopping = asyncio.ensure_future(jobs.stop())
-        release.set()
-        await asyncio.wait_for(stopping, 30)
-        assert finished == [None]  # the claim ran to its end (no job to take) rather than being cancelled
+            jobs.claim = held_claim
+            await asyncio.wait_for(inside.wait(), 30)  # the worker polls every 50 ms
+            key = (await api.account())["apiKey"]
+            job = (await post(api, key, wav(tone(300, 2)), "/subtitle/jobs")).json()
+            stopping = asyncio.ensure_future(jobs.stop())
+            release.set()
+            await asyncio.wait_for(stopping, 30)
+            assert [row["id"] for row in finished] == [job["id"]]  # the claim ran to its end and took the job
+            view = await _status(api, key, job["id"])
+            assert (view["status"], view["progress"]) == ("queued", 0.0)  # handed back, not run
+            async with app.state.services.db.connect() as conn:
+                from sqlalchemy import select
+
+                from server.db import subtitle_jobs
+
+                row = (await conn.execute(select(subtitle_jobs).where(subtitle_jobs.c.id == job["id"]))).mappings().one()
+            assert (row["attempts"], row["worker_id"]) == (0, None)
