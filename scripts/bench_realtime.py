@@ -219,12 +219,12 @@ async def _watch_loop(lateness: list[float]) -> None:
 
 class Server:
     """`speech7 serve` in a subprocess (its own interpreter: the client's event loop does not share a GIL
-    with the decoding), or an existing server given by URL and key."""
+    with the decoding), or `--processes` of them behind HAProxy, or an existing server given by URL and key."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         import httpx
 
-        from server.launcher import SERVE, ServerProcess, ServerStartError, start_process
+        from server.launcher import ServerProcess
 
         self.servers: list[ServerProcess] = []
         self._stack = contextlib.ExitStack()
@@ -233,10 +233,18 @@ class Server:
         if args.url:
             self.url, self.key = args.url.rstrip("/"), args.key
             self._metric_urls = [self.url]
-            self.health = httpx.get(f"{self.url}/healthz", timeout=10).json()
-            caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
-            self.stt = caps.get("stt") or {}
-            return
+        else:
+            self._start(args)
+        self.health = httpx.get(f"{self.url}/healthz", timeout=10).json()
+        caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
+        self.stt = caps.get("stt") or {}
+
+    def _start(self, args: argparse.Namespace) -> None:
+        """Starts `args.processes` servers (behind HAProxy when several) and the bench account."""
+        import httpx
+
+        from server.launcher import SERVE, ServerStartError, start_process
+
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-realtime-")
         admin = "s7_bench_realtime_admin_0123456789"
         env = {"S7_DATA_DIR": self._tmp.name, "S7_ADMIN_KEY": admin, "S7_MODELS_DIR": str(args.models_dir),
@@ -270,9 +278,6 @@ class Server:
         if r.status_code != 201:
             raise SystemExit(f"could not create the bench account: {r.status_code} {r.text}")
         self.key = r.json()["apiKey"]
-        self.health = httpx.get(f"{self.url}/healthz", timeout=10).json()
-        caps = httpx.get(f"{self.url}/account/capabilities", headers={"x-api-key": self.key}, timeout=60).json()
-        self.stt = caps.get("stt") or {}
 
     def metrics(self) -> list[str]:
         """Every server process's GET /metrics lines (with the admin key when this script started them:
