@@ -183,8 +183,9 @@ class ProcessLease:
         interval = max(0.2, min(10.0, self._stale_s / 4))
         last_recovery = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError):  # the interval, cut short by stop()
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+            if self._stopping.is_set():
                 return
             try:
                 await self._heartbeat()
