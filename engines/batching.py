@@ -217,6 +217,7 @@ class BatchWorker(Generic[T, R]):
             batch, rest = take_batch(self._queue, self._limit)
             heapq.heapify(rest)
             self._queue = rest
+            self._running = len(batch)  # in the same step, so `load` never misses them between queue and batch
             return batch
 
     def _loop(self) -> None:
@@ -226,11 +227,13 @@ class BatchWorker(Generic[T, R]):
                 return
             live = [e for e in batch if e.future.set_running_or_notify_cancel()]  # drops cancelled items
             if live:
-                self._run(live)
+                self._run(live)  # it clears `_running` before settling the futures
+            else:
+                with self._cond:
+                    self._running = 0
 
     def _run(self, batch: list[_Entry]) -> None:
         started = time.monotonic()
-        self._running = len(batch)
         if self._on_stage is not None:
             for e in batch:
                 self._on_stage("queue_wait", started - e.enqueued)
@@ -241,7 +244,7 @@ class BatchWorker(Generic[T, R]):
             results = [self._call([e])[0][0] for e in batch]
         ended = time.monotonic()
         with self._cond:
-            self._running = 0
+            self._running = 0  # before the futures settle: a caller that got its result sees the load gone
             self._batches += 1
             self._items += len(batch)
             self._failed += failed

@@ -194,6 +194,14 @@ def test_the_running_batch_counts_in_a_worker_s_load(rec: Recorder) -> None:
         rec.release()
         assert first.result(WAIT) == "FIRST" and queued.result(WAIT) == "A"
         assert worker.load == 0
+        # A batch whose items were all cancelled while queued runs nothing and leaves no load behind.
+        held = _block_on_first(worker, rec)
+        gone = worker.submit("gone", key="k")
+        assert gone.cancel()
+        rec.release()
+        assert held.result(WAIT) == "FIRST"
+        assert worker.submit("after", key="k").result(WAIT) == "AFTER"
+        assert worker.load == 0
     finally:
         worker.close()
 
