@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,16 +55,22 @@ class Chunk:
         pieces = [source.read(s, e) for s, e in self.spans]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
+    @cached_property
+    def _offsets(self) -> tuple[list[float], list[float]]:
+        """(chunk-local start, chunk-local end) of each piece in seconds, computed once: a streaming decode
+        maps every word through them."""
+        ends = (np.cumsum([e - s for s, e in self.spans]) / SAMPLE_RATE).tolist()
+        return [0.0, *ends[:-1]], ends
+
     def piece_index(self, t: float) -> int:
         """Which span a chunk-local time falls in (a time on a cut belongs to the piece before it)."""
-        ends = np.cumsum([e - s for s, e in self.spans]) / SAMPLE_RATE
-        return min(bisect.bisect_left(ends.tolist(), t), len(self.spans) - 1)
+        return min(bisect.bisect_left(self._offsets[1], t), len(self.spans) - 1)
 
     def to_original(self, t: float, piece: int | None = None) -> float:
         """Maps a chunk-local time (seconds) to the original timeline; `piece` pins the span to use, so
         both ends of one word land in the same span even when the word straddles a cut."""
         i = self.piece_index(t) if piece is None else piece
-        before = sum(e - s for s, e in self.spans[:i]) / SAMPLE_RATE
+        before = self._offsets[0][i]
         s, e = self.spans[i]
         return min(max(s / SAMPLE_RATE + t - before, s / SAMPLE_RATE), e / SAMPLE_RATE)
 
