@@ -29,7 +29,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -147,7 +147,9 @@ class BatchWorker(Generic[T, R]):
         self._sizes: Counter[int] = Counter()
         self._busy = 0.0
         self._running = 0  # items in the batch being run
-        self._recent: list[tuple[float, float]] = []  # (start, end) of recent batches, for busy_ratio
+        # (start, end) of recent batches, for busy_ratio; ends only grow (one thread appends), so the stale
+        # ones are always at the left and leave in O(1) each, however many tiny batches a window holds.
+        self._recent: deque[tuple[float, float]] = deque()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -250,7 +252,8 @@ class BatchWorker(Generic[T, R]):
             self._failed += failed
             self._sizes[len(batch)] += 1
             self._busy += ended - started
-            self._recent = [(s, e) for s, e in self._recent if e > ended - BUSY_WINDOW_S]
+            while self._recent and self._recent[0][1] <= ended - BUSY_WINDOW_S:
+                self._recent.popleft()
             self._recent.append((started, ended))
         for entry, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
