@@ -129,3 +129,24 @@ def test_the_web_page_never_puts_the_key_in_a_url() -> None:
     api = sources["api.js"]
     assert 'h.set("x-api-key", getKey())' in api and 'xhr.setRequestHeader("x-api-key", getKey())' in api
     assert "request(path)" in sources["tts.js"]  # speech downloads: fetch with the header, then a blob URL
+
+
+def test_websockets_are_served_without_permessage_deflate(tmp_path: Path) -> None:
+    """A client that offers compression (browsers and `websockets` do by default) gets an uncompressed session:
+    audio frames do not deflate, and inflating each one cost the server per live stream."""
+    from server.app import create_app
+    from server.launcher import serve_in_thread
+    from server.serving import uvicorn_options
+
+    settings = fake_settings(tmp_path, ADMIN_KEY).with_(warmup=False)
+    options = {k: v for k, v in uvicorn_options(settings).items() if k not in ("host", "port", "log_config")}
+    with serve_in_thread(create_app(settings, manager=fake_models()), options=options) as live:
+        key = httpx.post(f"{live.url}/accounts", json={"apiKey": ADMIN_KEY, "startingMinutes": 5},
+                         timeout=30).json()["apiKey"]
+        with connect(live.ws_url + "/stt/realtime", compression="deflate") as ws:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            ws.send(json.dumps({"apiKey": key, "audio_format": "pcm_s16le", "sample_rate": 16000}))
+            ws.send(b"\x00\x00" * 1600)
+            ws.send(b"")
+            assert json.loads(ws.recv(timeout=60))["finished"] is True
