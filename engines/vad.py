@@ -57,8 +57,8 @@ class Chunk:
 
     @cached_property
     def _offsets(self) -> tuple[list[float], list[float]]:
-        """(chunk-local start, chunk-local end) of each piece in seconds, computed once: a streaming decode
-        maps every word through them."""
+        """(chunk-local start, chunk-local end) of each piece in seconds, computed once: every decoded word of
+        the chunk is mapped through them (to_segments)."""
         ends = (np.cumsum([e - s for s, e in self.spans]) / SAMPLE_RATE).tolist()
         return [0.0, *ends[:-1]], ends
 
