@@ -150,12 +150,7 @@ class ModelManager:
                 return PyannoteDiarizer(d, device=self.config.device)
             from engines.diarization.builtin import BuiltinDiarizer
 
-            weights = self.config.models_dir / "ge2e" / "pretrained.pt"
-            if not weights.is_file():
-                raise ModelMissingError(f"GE2E speaker encoder missing at {weights}: run scripts/models install")
-            # segmentation-3.0 (scripts/models install) adds overlapped speech; without it, one speaker at a time.
-            seg = self.config.models_dir / "segmentation" / "pytorch_model.bin"
-            return BuiltinDiarizer(weights, device=self.config.device, segmentation=seg if seg.is_file() else None)
+            return BuiltinDiarizer.from_models_dir(self.config.models_dir, device=self.config.device)
 
         return self._get(f"diarizer:{spec}", load)
 

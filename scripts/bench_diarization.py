@@ -96,12 +96,7 @@ def _load(data: Path, name: str) -> tuple[Any, list[tuple[float, float, str]]]:
 def _diarizer(args: argparse.Namespace) -> Any:
     from engines.diarization.builtin import BuiltinDiarizer
 
-    seg = args.models_dir / "segmentation" / "pytorch_model.bin"
-    return BuiltinDiarizer(
-        args.models_dir / "ge2e" / "pretrained.pt",
-        device=args.device,
-        segmentation=seg if seg.is_file() else None,
-    )
+    return BuiltinDiarizer.from_models_dir(args.models_dir, device=args.device)
 
 
 def _clips(args: argparse.Namespace, clips: list[str]) -> int:

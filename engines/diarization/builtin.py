@@ -20,7 +20,14 @@ import numpy as np
 from engines.diarization.clustering import SpeakerCountHint, centroids, cluster, normalize_rows
 from engines.diarization.ge2e import HOP, Ge2eEncoder, volume_gain
 from engines.diarization.refine import labelled_turns, overlap_turns, renumber, viterbi
-from engines.types import SAMPLE_RATE, DiarizationRequest, DiarizationResult, EngineError, ProgressFn
+from engines.types import (
+    SAMPLE_RATE,
+    DiarizationRequest,
+    DiarizationResult,
+    EngineError,
+    ModelMissingError,
+    ProgressFn,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +70,17 @@ class BuiltinDiarizer:
             from engines.diarization.overlap import OverlapDetector
 
             self.overlap = OverlapDetector(segmentation, device=self.device)
+
+    @classmethod
+    def from_models_dir(cls, models_dir: str | Path, device: str = "cpu") -> BuiltinDiarizer:
+        """The diarizer on the weights `scripts/models install` puts under `models_dir`: GE2E (required) and
+        segmentation-3.0 for overlapped speech (optional: without it, one speaker at a time)."""
+        root = Path(models_dir)
+        weights = root / "ge2e" / "pretrained.pt"
+        if not weights.is_file():
+            raise ModelMissingError(f"GE2E speaker encoder missing at {weights}: run scripts/models install")
+        seg = root / "segmentation" / "pytorch_model.bin"
+        return cls(weights, device=device, segmentation=seg if seg.is_file() else None)
 
     # ------------------------------------------------------------------ public
     def diarize(self, request: DiarizationRequest, progress: ProgressFn | None = None) -> DiarizationResult:
