@@ -3,8 +3,10 @@ and many streams driven without a thread each (engines.streaming, engines.stream
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import wait
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,10 +109,23 @@ def test_language_is_identified_again_after_each_endpoint(base, testdata: Path) 
         assert wer((testdata / lang / f"{name}.txt").read_text(), text) < 0.35, (lang, text)
 
 
-def test_many_streams_share_batches_without_a_thread_each(tiny, testdata: Path) -> None:
+@pytest.fixture(scope="module")
+def one_replica(whisper_tiny_dir: Path) -> Iterator[Any]:
+    """tiny.en behind a single batch worker, as on a GPU with one replica: every decode meets the same queue.
+    (The CPU default of two replicas spreads simultaneous decodes over both on purpose, so they run side by
+    side instead of in one batch.)"""
+    from engines.whisper import WhisperEngine
+
+    engine = WhisperEngine(whisper_tiny_dir, model_name="tiny.en", workers_per_device=1)
+    yield engine
+    engine.close()
+
+
+def test_many_streams_share_batches_without_a_thread_each(one_replica, testdata: Path) -> None:
     """submit() returns at once; the decodes of streams submitted together meet in the model's batches."""
+    tiny = one_replica
     audio = load(testdata / "en" / "LJ001-0004.wav")
-    streams = [open_stream(tiny) for _ in range(4)]
+    streams = [open_stream(tiny) for _ in range(8)]
     before = tiny.batch_stats()
     chunk = SAMPLE_RATE // 2
     texts = [""] * len(streams)
